@@ -1,0 +1,32 @@
+"""edgelink's own schema: registered agents and the per-site projection agents sync from."""
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+
+from gatehouse.db import UTCDateTime
+
+metadata = MetaData()
+
+agents = Table(
+    "agents", metadata,
+    Column("agent_id", String(64), primary_key=True),
+    Column("site_id", String(64), nullable=False, index=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+site_versions = Table(
+    "site_versions", metadata,
+    Column("site_id", String(64), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
+# One row per card and site: the newest state seen, stamped with the site version at which
+# it last changed. An agent at cursor C needs exactly the rows with version > C.
+credentials = Table(
+    "credentials", metadata,
+    Column("site_id", String(64), primary_key=True),
+    Column("card_number", String(64), primary_key=True),
+    Column("version", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("source_revision", BigInteger, nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_credentials_site_version", "site_id", "version"),
+)
