@@ -1,0 +1,32 @@
+"""Which services are up, from the heartbeats they publish. Plain code, no AMQP here."""
+from __future__ import annotations
+
+import time
+
+STALE_AFTER_S = 6.0     # three missed 2-second heartbeats
+WATCHED = ("access", "edgelink")
+
+
+class HealthBoard:
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.beats: dict[str, tuple[float, dict]] = {}
+
+    def beat(self, service: str, payload: dict) -> None:
+        self.beats[service] = (self.clock(), payload)
+
+    def report(self) -> dict:
+        now = self.clock()
+        services = {"console": {"state": "up"}}
+        for name in WATCHED:
+            seen = self.beats.get(name)
+            if seen is None:
+                services[name] = {"state": "unknown", "detail": "no heartbeat received yet"}
+                continue
+            age = now - seen[0]
+            services[name] = {"state": "up" if age <= STALE_AFTER_S else "down", "last_seen_s_ago": round(age, 1),
+                              **{k: v for k, v in seen[1].items() if k in ("pid", "uptime_s")}}
+        edgelink = self.beats.get("edgelink", (0, {}))[1]
+        agents = edgelink.get("agents", []) if services["edgelink"]["state"] == "up" else []
+        overall = "ok" if all(s["state"] == "up" for s in services.values()) else "degraded"
+        return {"status": overall, "services": services, "agents": agents, "sites": edgelink.get("sites", {})}
