@@ -1,0 +1,87 @@
+"""The agent's site file (YAML), validated at start-up: a bad field stops the agent with the
+file and the field named."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.profiles import DeviceProfile, ProfileError, load_profile
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class DeviceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    gate_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    profile: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class SiteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    site_id: str
+    agent_id: str
+    secret: str | None = None
+    secret_file: str | None = None
+    edgelink: str = "127.0.0.1:50051"
+    data_dir: str
+    reader_listen: str = "127.0.0.1:7101"
+    outbox_alarm_at: int = Field(default=100_000, ge=1)
+    upload_batch: int = Field(default=500, ge=1, le=1000)
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+
+class LoadedSite:
+    """The site file with paths resolved, the secret read and every device profile loaded."""
+
+    def __init__(self, path: Path, site: SiteConfig, secret: str, profiles: dict[str, DeviceProfile]):
+        self.path, self.site, self.secret, self.profiles = path, site, secret, profiles
+        self.data_dir = (path.parent / site.data_dir).resolve()
+
+
+def _field(loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_site(path: str | Path) -> LoadedSite:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    try:
+        site = SiteConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{path}: {_field(err['loc'])}: {err['msg']}") from None
+    if site.secret_file:
+        secret_path = path.parent / site.secret_file
+        try:
+            secret = secret_path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{path}: secret_file: cannot read {secret_path}: {exc.strerror}") from None
+    elif site.secret:
+        secret = site.secret
+    else:
+        raise ConfigError(f"{path}: secret: give secret or secret_file")
+    ids = [d.device_id for d in site.devices]
+    if len(ids) != len(set(ids)):
+        raise ConfigError(f"{path}: devices: device_id values must be unique")
+    profiles = {}
+    for i, device in enumerate(site.devices):
+        profile_path = (path.parent / device.profile)
+        try:
+            profiles[device.device_id] = load_profile(profile_path)
+        except ProfileError as exc:
+            raise ConfigError(f"devices[{i}].profile: {exc}") from None
+    return LoadedSite(path, site, secret, profiles)
