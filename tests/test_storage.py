@@ -1,0 +1,102 @@
+"""The access and edgelink storage on both databases: idempotent ingest, views, projection."""
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from gatehouse.db import engine_for, migrate
+from services.access import store
+from services.edgelink.projection import Projection
+
+
+@pytest.fixture
+def access_engine(database, monkeypatch):
+    for key, value in database.env().items():
+        monkeypatch.setenv(key, value)
+    if not database.url:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+    migrate("access")
+    migrate("edgelink")
+    engine = engine_for("access")
+    yield engine
+    engine.dispose()
+
+
+def _batch(events, site="s1"):
+    return {"site_id": site, "agent_id": "a1", "received_at": datetime.now(UTC).isoformat(), "events": events}
+
+
+def _event(seq, device="t1", kind="access_granted"):
+    return {"event_id": str(uuid.uuid4()), "device_id": device, "gate_id": "north", "kind": kind,
+            "device_seq": seq, "device_time": datetime.now(UTC).isoformat(), "offline": False,
+            "attributes": {"card_number": "1001", "reason": "granted"}}
+
+
+def test_ingest_stores_each_event_once(access_engine):
+    events = [_event(i) for i in range(1, 101)]
+    with access_engine.begin() as conn:
+        assert len(store.store_edge_events(conn, _batch(events[:60]))) == 60
+    with access_engine.begin() as conn:   # a redelivered, overlapping batch
+        new = store.store_edge_events(conn, _batch(events[40:]))
+    assert [r["event_id"] for r in new] == [e["event_id"] for e in events[60:]]
+    with access_engine.connect() as conn:
+        assert store.count_events(conn, "s1") == 100
+        page = store.list_events(conn, "s1", limit=30)
+        assert [e["device_seq"] for e in page["events"]] == list(range(100, 70, -1))
+        page2 = store.list_events(conn, "s1", limit=30, before=page["next_before"])
+        assert page2["events"][0]["device_seq"] == 70
+        assert page["events"][0]["device_time"].endswith("+00:00")
+
+
+def test_bad_input_writes_nothing(access_engine):
+    with access_engine.begin() as conn:
+        store.create_site(conn, "s1", "Site", "Asia/Shanghai")
+    with pytest.raises(store.InvalidInput, match="time zone"):
+        with access_engine.begin() as conn:
+            store.create_site(conn, "s2", "Site", "Mars/Olympus")
+    with pytest.raises(store.NotFound, match="unknown gate"):
+        with access_engine.begin() as conn:
+            store.create_group(conn, "s1", "g1", "Group", ["nowhere"])
+    with access_engine.begin() as conn:
+        store.add_gate(conn, "s1", "north", "North")
+        store.create_group(conn, "s1", "g1", "Group", ["north"])
+        store.add_person(conn, "s1", "ann", "Ann", "resident")
+        store.add_to_group(conn, "g1", "ann")
+    with pytest.raises(store.InvalidInput, match="UTC offset"):
+        with access_engine.begin() as conn:
+            store.issue_card(conn, "ann", "1001", "2026-01-01T00:00:00", None)
+    with access_engine.connect() as conn:
+        assert store.credential_views(conn, "s1") == []
+        assert store.unpublished_changes(conn) == []
+
+
+def test_credential_changes_are_queued_with_the_gates(access_engine):
+    with access_engine.begin() as conn:
+        store.create_site(conn, "s1", "Site")
+        store.add_gate(conn, "s1", "north", "North")
+        store.create_group(conn, "s1", "g1", "Group", ["north"])
+        store.add_person(conn, "s1", "ann", "Ann", "resident")
+        store.add_to_group(conn, "g1", "ann")
+        store.issue_card(conn, "ann", "1001")
+        store.set_person_status(conn, "ann", "suspended")
+    with access_engine.connect() as conn:
+        changes = store.unpublished_changes(conn)
+    last = changes[-1][1]["credentials"][0]
+    assert last["card_number"] == "1001" and last["gate_ids"] == ["north"] and last["status"] == "suspended"
+    assert [rev for rev, _ in changes] == sorted(rev for rev, _ in changes)
+
+
+def test_projection_applies_newer_revisions_only(access_engine):
+    projection = Projection(engine_for("edgelink"))
+    view = {"card_number": "1001", "person_id": "ann", "person_name": "Ann", "status": "active",
+            "valid_from": 0, "valid_until": 0, "gate_ids": ["north"]}
+    assert projection.apply_credentials("s1", 5, [view]) == 1
+    projection.apply_credentials("s1", 4, [{**view, "status": "revoked"}])   # older: ignored
+    projection.apply_credentials("s1", 5, [{**view, "status": "revoked"}])   # redelivered: ignored
+    changes = projection.changes_since("s1", 0)
+    assert [c["status"] for _, c in changes] == ["active"]
+    projection.apply_credentials("s1", 6, [{**view, "status": "revoked"}])
+    cursor = changes[-1][0]
+    newer = projection.changes_since("s1", cursor)
+    assert len(newer) == 1 and newer[0][1]["status"] == "revoked" and newer[0][0] > cursor
+    assert projection.changes_since("s2", 0) == []
