@@ -43,7 +43,7 @@ stop:
 	@scripts/stop.sh
 
 logs:
-	@tail -n 50 -f $(VAR)/log/run.log
+	@tail -n 20 -f $(VAR)/log/*.log
 
 status: venv
 	@$(BIN)/gatehouse status

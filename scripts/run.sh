@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# `make run`: start every process from the Procfile (honcho, in the background), seed the demo
+# `make run`: start every process under supervisor (deploy/supervisord.conf), seed the demo
 # estate once the services answer, and say where to look. `make stop` stops it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$PWD/.venv/bin:$PATH" PYTHONUNBUFFERED=1
+export PATH="$PWD/.venv/bin:$PATH"
+CTL=".venv/bin/supervisorctl -c deploy/supervisord.conf"
 mkdir -p var/log var/demo
-if [ -f var/run.pid ] && kill -0 "$(cat var/run.pid)" 2>/dev/null; then
-  echo "already running (pid $(cat var/run.pid)); \`make stop\` first"; exit 1
+if $CTL pid >/dev/null 2>&1; then
+  echo "already running; \`make stop\` first, or see: $CTL status"; exit 1
 fi
 [ -s var/demo/agent.secret ] || gatehouse agent register demo-agent --site demo --secret-file var/demo/agent.secret
-setsid nohup honcho -f Procfile start >var/log/run.log 2>&1 &
-echo $! > var/run.pid
-echo "started (pid $(cat var/run.pid)); logs: var/log/run.log"
+supervisord -c deploy/supervisord.conf
+echo "started under supervisor; logs in var/log/"
 for _ in $(seq 1 60); do
   if gatehouse status 2>/dev/null | grep -q '"status": "ok"'; then break; fi; sleep 1
 done
-gatehouse status >/dev/null 2>&1 || { echo "the console did not come up; see var/log/run.log"; tail -20 var/log/run.log; exit 1; }
+gatehouse status >/dev/null 2>&1 || { echo "the console did not come up; see var/log/"; $CTL status; exit 1; }
 echo "seeding the demo estate:"
 gatehouse demo seed
 sleep 1
+$CTL status
 cat <<TXT
 
 Gatehouse is running: access, edgelink (gRPC :50051), console (http://${CONSOLE_ADDRESS:-127.0.0.1:8080}),
@@ -32,9 +33,12 @@ Try it:
   .venv/bin/gatehouse sim force --port 15022        # someone forces t2: door_forced
   .venv/bin/gatehouse events                        # what the centre recorded, newest first
 
+  $CTL stop edgelink     # the centre is gone: cards still work, events wait in the outbox
+  $CTL start edgelink    # ... and arrive once each, in order
+
 Where to look:
   http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/health    each service and agent
   http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/events    recorded access events (JSON, paged)
-  var/log/run.log                            every process's log (JSON lines)
+  var/log/<process>.log                      each process's log (JSON lines)
 Stop everything with: make stop
 TXT
