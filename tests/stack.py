@@ -2,6 +2,7 @@
 each started as it is in `make run`, against a fresh database and a private RabbitMQ vhost."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -138,7 +140,10 @@ class Stack:
         self.run(str(BIN / "gatehouse"), "migrate")
 
     def start_access(self) -> None:
+        """Start the access service and wait until it answers RPC (its queues are bound then)."""
         self.start("access", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml", "services.access.service"])
+        with self.rpc() as rpc:
+            wait_for(lambda: rpc.access.count_events() >= 0, timeout=30, interval=0.2, what="access answering")
 
     def start_console(self) -> None:
         self.start("console", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml",
@@ -227,6 +232,25 @@ class Stack:
                 before = page["next_before"]
                 if before is None:
                     return list(reversed(out))
+
+
+@contextlib.contextmanager
+def private_vhost(base_uri: str):
+    """A fresh RabbitMQ vhost on a local broker, deleted afterwards, so no queue or message of
+    another run can leak in. Elsewhere (a remote broker, no rabbitmqctl) the base URI itself."""
+    ctl = rabbitmqctl()
+    parsed = urllib.parse.urlparse(base_uri)
+    if not ctl or parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        yield base_uri
+        return
+    vhost = f"gh-test-{uuid.uuid4().hex[:10]}"
+    subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run([ctl, "-q", "set_permissions", "-p", vhost, parsed.username or "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True)
+    try:
+        yield parsed._replace(path="/" + vhost).geturl()
+    finally:
+        subprocess.run([ctl, "-q", "delete_vhost", vhost], capture_output=True)
 
 
 def rabbitmqctl() -> str | None:
