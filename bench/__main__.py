@@ -68,7 +68,7 @@ def bench_edge(n: int = 1000) -> dict:
             client = AsyncModbusTcpClient("127.0.0.1", port=stack.sim_ports["t1"])
             await client.connect()
             latencies = []
-            for i in range(n):
+            for _ in range(n):
                 started = time.perf_counter()
                 # the same write the agent makes to unlock, without the agent around it
                 await client.write_coil(profile.points.unlock.address, True, device_id=profile.unit)

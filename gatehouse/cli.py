@@ -7,10 +7,13 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+import warnings
 
 import click
 
 from gatehouse import settings
+
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 
 @click.group()
@@ -42,7 +45,8 @@ def _print(obj) -> None:
 @click.option("--service", "services", multiple=True, help="Only this service (repeatable).")
 def migrate(services):
     """Create or upgrade every service's database schema."""
-    from gatehouse.db import SERVICES_WITH_DATA, migrate as run
+    from gatehouse.db import SERVICES_WITH_DATA
+    from gatehouse.db import migrate as run
     target = settings.database_url() or f"SQLite files under {settings.var_dir()}"
     for service in services or SERVICES_WITH_DATA:
         run(service)
@@ -60,10 +64,10 @@ def status():
 @click.option("--kind", default=None)
 @click.option("--limit", default=20, show_default=True)
 def events(site, kind, limit):
-    """Recent access events, newest first."""
+    """Recent access events, newest first, in the site's local time."""
     query = f"?limit={limit}" + (f"&site_id={site}" if site else "") + (f"&kind={kind}" if kind else "")
     for e in _console_get(f"/api/events{query}")["events"]:
-        click.echo(f"{e['device_time'][:19]}  {e['site_id']}/{e['device_id']:<6} {e['kind']:<16} "
+        click.echo(f"{e['device_time_local'][:19]}{e['device_time_local'][26:]}  {e['site_id']}/{e['device_id']:<6} {e['kind']:<16} "
                    f"card={e['card_number'] or '-':<8} {e['reason'] or '':<18} {'offline' if e['offline'] else ''}")
 
 

@@ -46,6 +46,11 @@ def test_ingest_stores_each_event_once(access_engine):
         page2 = store.list_events(conn, "s1", limit=30, before=page["next_before"])
         assert page2["events"][0]["device_seq"] == 70
         assert page["events"][0]["device_time"].endswith("+00:00")
+        assert page["events"][0]["device_time_local"] == page["events"][0]["device_time"]   # no such site: UTC
+        store.create_site(conn, "s1", "Site", "Asia/Shanghai")
+        shown = store.list_events(conn, "s1", limit=1)["events"][0]
+        assert shown["device_time_local"].endswith("+08:00")
+        assert datetime.fromisoformat(shown["device_time_local"]) == datetime.fromisoformat(shown["device_time"])
 
 
 def test_bad_input_writes_nothing(access_engine):

@@ -3,13 +3,23 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import and_, delete, func, insert, select, update
 
 from gatehouse.db import insert_ignore, serialize_writers
 from services.access import rules
-from services.access.tables import (access_events, access_groups, cards, credential_outbox, gates,
-                                    group_gates, group_members, people, sites)
+from services.access.tables import (
+    access_events,
+    access_groups,
+    cards,
+    credential_outbox,
+    gates,
+    group_gates,
+    group_members,
+    people,
+    sites,
+)
 
 CREDENTIALS_LOCK = 0x6761_7465  # advisory lock key for credential changes
 SNAPSHOT_CHUNK = 2000
@@ -43,7 +53,6 @@ def _check_id(value, what):
 # -- sites, gates, people, groups, cards ------------------------------------------------------
 
 def create_site(conn, site_id: str, name: str, timezone: str = "Asia/Shanghai") -> dict:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
     site_id = _check_id(site_id, "site_id")
     try:
         ZoneInfo(timezone)
@@ -257,11 +266,13 @@ def store_edge_events(conn, batch: dict) -> list[dict]:
     return [r for r in rows if r["event_id"] in new_ids]
 
 
-def _event_dict(row) -> dict:
+def _event_dict(row, zones: dict[str, ZoneInfo]) -> dict:
+    zone = zones.get(row["site_id"], UTC)
     return {
         "id": row["id"], "event_id": row["event_id"], "site_id": row["site_id"], "agent_id": row["agent_id"],
         "device_id": row["device_id"], "gate_id": row["gate_id"], "kind": row["kind"],
         "device_seq": row["device_seq"], "device_time": row["device_time"].isoformat(),
+        "device_time_local": row["device_time"].astimezone(zone).isoformat(),
         "received_at": row["received_at"].isoformat(), "offline": row["offline"],
         "card_number": row["card_number"], "person_id": row["person_id"], "reason": row["reason"],
         "attributes": json.loads(row["attributes"]),
@@ -270,7 +281,8 @@ def _event_dict(row) -> dict:
 
 def list_events(conn, site_id: str | None = None, limit: int = 50, before: int | None = None,
                 kind: str | None = None) -> dict:
-    """Newest first; `before` is the `next_before` of the previous page."""
+    """Newest first; `before` is the `next_before` of the previous page. Times are UTC, with
+    `device_time_local` in the site's time zone beside them."""
     query = select(access_events).order_by(access_events.c.id.desc()).limit(limit + 1)
     if site_id:
         query = query.where(access_events.c.site_id == site_id)
@@ -279,7 +291,9 @@ def list_events(conn, site_id: str | None = None, limit: int = 50, before: int |
     if before is not None:
         query = query.where(access_events.c.id < before)
     rows = conn.execute(query).mappings().all()
-    page = [_event_dict(r) for r in rows[:limit]]
+    zones = {site: ZoneInfo(tz) for site, tz in conn.execute(
+        select(sites.c.site_id, sites.c.timezone).where(sites.c.site_id.in_({r["site_id"] for r in rows})))}
+    page = [_event_dict(r, zones) for r in rows[:limit]]
     return {"events": page, "next_before": page[-1]["id"] if len(rows) > limit else None}
 
 

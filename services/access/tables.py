@@ -1,6 +1,17 @@
 """The access service's own schema (SQLAlchemy Core). Migrations live in migrations/."""
-from sqlalchemy import (Boolean, Column, ForeignKey, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint, Index, BigInteger)
+from sqlalchemy import (
+                        BigInteger,
+                        Boolean,
+                        Column,
+                        ForeignKey,
+                        Index,
+                        Integer,
+                        MetaData,
+                        String,
+                        Table,
+                        Text,
+                        UniqueConstraint,
+)
 
 from gatehouse.db import UTCDateTime
 

@@ -1,13 +1,13 @@
 """access: sites, gates, people, groups, cards, outbox, events
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-27 04:13:36.270474
 """
-from alembic import op
 import sqlalchemy as sa
-import gatehouse.db
+from alembic import op
 
+import gatehouse.db
 
 revision = '0001'
 down_revision = None
