@@ -1,0 +1,350 @@
+"""A turnstile controller on Modbus TCP, behaving as its device profile describes.
+
+Run two on a laptop::
+
+    python -m edge.sim.turnstile --profile edge/profiles/turnstile-generic.yaml --port 15021 --port 15022
+
+Behaviour (the controller's own firmware rules, which the edge agent must not rely on alone):
+
+- unlock coil 0 -> 1: ``unlock_count`` += 1 and a relock timer of ``unlock_pulse_ms`` starts;
+  when it runs out the coil goes back to 0. Writing 1 again while unlocked restarts the timer.
+- ``passage_trigger`` <- 1: if unlocked, ``passage_count`` += 1 and the coil relocks at once;
+  if locked, the arms block and nothing is counted.
+- ``forced_trigger`` <- 1: ``forced_count`` += 1.
+- Triggers read back as 0; counters wrap at 65536; ``fault_code`` is a plain register.
+
+The simulator is a real pymodbus 3.16 server. Its datastore is a ``SimDevice`` with one block
+list per table; the ``action=`` hook sees every request before the datastore applies it, which
+is where client writes become turnstile behaviour. The simulator's own reads and writes go through
+``ModbusTcpServer.async_getValues/async_setValues`` with each table's read function code, so they
+never look like client writes to the hook.
+
+The control helpers at the bottom (``trigger``, ``set_fault``, ``read_state``) talk to a running
+simulator over Modbus TCP, like any other client would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from edge.profiles import DeviceProfile, Point, ProfileError, SimulationPoints, load_profile
+
+log = logging.getLogger("edge.sim.turnstile")  # not __name__: that is "__main__" under python -m
+
+DEFAULT_PORT = 5020
+COUNTER_MODULO = 1 << 16
+
+# pymodbus's datastore picks the table from a function code: internal access uses each table's read code.
+_TABLE_CODE = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
+_BIT_TABLES = ("coil", "discrete_input")
+_COIL_WRITES = frozenset({5, 15})  # write single / multiple coils
+_REGISTER_WRITES = frozenset({6, 16, 22, 23})  # write single / multiple, mask write, read-write multiple
+
+
+class TurnstileSimulator:
+    """One simulated turnstile controller listening on ``host:port``."""
+
+    def __init__(self, profile: DeviceProfile, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+        if profile.simulation is None:
+            raise ProfileError(
+                f"profile {profile.model!r} has no simulation section; the simulator needs one"
+            )
+        self.profile = profile
+        self.host = host
+        self.port = port
+        self._sim: SimulationPoints = profile.simulation
+        self._server: ModbusTcpServer | None = None
+        self._unlocked = False
+        self._relock_task: asyncio.Task | None = None
+        points = profile.points
+        self._coil_handlers: dict[int, Callable[[bool], Awaitable[bool]]] = {
+            points.unlock.address: self._unlock_written,
+            self._sim.passage_trigger.address: self._passage_triggered,
+            self._sim.forced_trigger.address: self._forced_triggered,
+        }
+
+    @property
+    def name(self) -> str:
+        return f"{self.profile.model}@{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen for Modbus TCP; returns once connections are accepted."""
+        if self._server is not None:
+            raise RuntimeError(f"{self.name} is already running")
+        self._unlocked = False
+        server = ModbusTcpServer(self._build_device(), address=(self.host, self.port))
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus reports a failed bind this way
+            raise OSError(f"{self.name}: cannot listen: {exc}") from exc
+        self._server = server
+        log.info("%s: listening (unit %d)", self.name, self.profile.unit)
+
+    async def stop(self) -> None:
+        """Close the listening socket and every client connection, as if unplugged."""
+        self._cancel_relock()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await server.shutdown()
+        await asyncio.sleep(0)  # let the closed transports run connection_lost and release their sockets
+        log.info("%s: stopped", self.name)
+
+    def _build_device(self) -> SimDevice:
+        blocks: dict[str, list[SimData]] = {table: [] for table in _TABLE_CODE}
+        for point in self.profile.named_points().values():
+            if point.table in _BIT_TABLES:
+                blocks[point.table].append(SimData(point.address, values=False, datatype=DataType.BITS))
+            else:
+                blocks[point.table].append(SimData(point.address, values=0, datatype=DataType.UINT16))
+        # pymodbus needs at least one block per table: an unused register table answers "illegal
+        # address" everywhere; bit tables cannot be marked invalid, so an unused one reads 0 at 0.
+        for table, table_blocks in blocks.items():
+            if not table_blocks:
+                if table in _BIT_TABLES:
+                    table_blocks.append(SimData(0, values=False, datatype=DataType.BITS))
+                else:
+                    table_blocks.append(SimData(0, datatype=DataType.INVALID))
+        return SimDevice(
+            id=self.profile.unit,
+            simdata=(
+                blocks["coil"],
+                blocks["discrete_input"],
+                blocks["holding_register"],
+                blocks["input_register"],
+            ),
+            action=self._on_request,
+        )
+
+    async def _on_request(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        _count: int,
+        registers: list[int],
+        values: list[int] | list[bool] | None,
+    ) -> None:
+        """pymodbus ``SimDevice.action``: runs before the datastore applies a request.
+
+        ``registers`` is the addressed table's storage from ``start_address`` on (still holding the
+        old values); rewriting ``values`` in place changes what gets stored (triggers store 0).
+        """
+        if values is None:
+            return
+        if function_code in _COIL_WRITES:
+            for offset, value in enumerate(values):
+                handler = self._coil_handlers.get(address + offset)
+                if handler is not None:
+                    values[offset] = await handler(bool(value))
+            unlock_offset = self.profile.points.unlock.address - address
+            if 0 <= unlock_offset < len(values):  # a multi-coil write may also have passed or relocked
+                values[unlock_offset] = self._unlocked
+        elif function_code in _REGISTER_WRITES and self.profile.points.fault_code.table == "holding_register":
+            fault_address = self.profile.points.fault_code.address
+            if 0 <= fault_address - address < len(values):
+                old, new = registers[fault_address - start_address], values[fault_address - address]
+                if new != old:
+                    log.info("%s: fault_code %d -> %d", self.name, old, new)
+
+    async def _unlock_written(self, value: bool) -> bool:
+        if not value:
+            if self._unlocked:
+                await self._lock("relock written")
+            return False
+        if not self._unlocked:
+            self._unlocked = True
+            count = await self._increment(self._sim.unlock_count)
+            log.info("%s: unlocked (unlock #%d, pulse %d ms)", self.name, count, self._pulse_ms)
+        self._cancel_relock()
+        self._relock_task = asyncio.create_task(self._relock_after_pulse())
+        return True
+
+    async def _passage_triggered(self, value: bool) -> bool:
+        if value:
+            if self._unlocked:
+                count = await self._increment(self.profile.points.passage_count)
+                log.info("%s: passage (passage_count = %d)", self.name, count)
+                await self._lock("passage")
+            else:
+                log.info("%s: passage blocked, turnstile is locked", self.name)
+        return False
+
+    async def _forced_triggered(self, value: bool) -> bool:
+        if value:
+            count = await self._increment(self.profile.points.forced_count)
+            log.info("%s: forced (forced_count = %d)", self.name, count)
+        return False
+
+    @property
+    def _pulse_ms(self) -> int:
+        return self.profile.timing.unlock_pulse_ms
+
+    async def _relock_after_pulse(self) -> None:
+        await asyncio.sleep(self._pulse_ms / 1000)
+        self._relock_task = None
+        await self._lock(f"pulse of {self._pulse_ms} ms elapsed")
+
+    def _cancel_relock(self) -> None:
+        if self._relock_task is not None:
+            self._relock_task.cancel()
+            self._relock_task = None
+
+    async def _lock(self, reason: str) -> None:
+        self._cancel_relock()
+        self._unlocked = False
+        if self._server is not None:
+            await self._write(self.profile.points.unlock, False)
+        log.info("%s: locked (%s)", self.name, reason)
+
+    async def _increment(self, point: Point) -> int:
+        value = (await self._read(point) + 1) % COUNTER_MODULO
+        await self._write(point, value)
+        return value
+
+    async def _read(self, point: Point) -> int:
+        assert self._server is not None
+        values = await self._server.async_getValues(
+            self.profile.unit, _TABLE_CODE[point.table], point.address, 1
+        )
+        return int(values[0])
+
+    async def _write(self, point: Point, value: int | bool) -> None:
+        assert self._server is not None
+        await self._server.async_setValues(
+            self.profile.unit, _TABLE_CODE[point.table], point.address, [value]
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Control helpers: a Modbus TCP client doing what a test or an operator would do to the device.
+
+
+@asynccontextmanager
+async def _client(host: str, port: int, profile: DeviceProfile) -> AsyncIterator[AsyncModbusTcpClient]:
+    client = AsyncModbusTcpClient(host, port=port, timeout=profile.timeout_s, retries=0, reconnect_delay=0)
+    try:
+        if not await client.connect():
+            raise ConnectionError(f"no turnstile at {host}:{port}")
+        yield client
+    finally:
+        client.close()
+
+
+async def _read_point(client: AsyncModbusTcpClient, unit: int, point: Point) -> int:
+    reader = {
+        "coil": client.read_coils,
+        "discrete_input": client.read_discrete_inputs,
+        "holding_register": client.read_holding_registers,
+        "input_register": client.read_input_registers,
+    }[point.table]
+    response = await reader(point.address, count=1, device_id=unit)
+    if response.isError():
+        raise ModbusException(f"reading {point.table} {point.address}: {response}")
+    return int(response.bits[0]) if point.table in _BIT_TABLES else response.registers[0]
+
+
+async def trigger(host: str, port: int, profile: DeviceProfile, what: str) -> None:
+    """Simulate a person walking through (``"passage"``) or forcing the turnstile (``"forced"``)."""
+    if profile.simulation is None:
+        raise ProfileError(f"profile {profile.model!r} has no simulation section")
+    points = {"passage": profile.simulation.passage_trigger, "forced": profile.simulation.forced_trigger}
+    if what not in points:
+        raise ValueError(f"what must be one of {sorted(points)}, not {what!r}")
+    async with _client(host, port, profile) as client:
+        response = await client.write_coil(points[what].address, True, device_id=profile.unit)
+        if response.isError():
+            raise ModbusException(f"trigger {what}: {response}")
+
+
+async def set_fault(host: str, port: int, profile: DeviceProfile, code: int) -> None:
+    """Set the controller's fault code (0 clears it); needs fault_code in a holding register."""
+    point = profile.points.fault_code
+    if point.table != "holding_register":
+        raise ValueError(
+            f"fault_code is an {point.table}; only a holding_register can be written over Modbus"
+        )
+    async with _client(host, port, profile) as client:
+        response = await client.write_register(point.address, code, device_id=profile.unit)
+        if response.isError():
+            raise ModbusException(f"set fault_code {code}: {response}")
+
+
+async def read_state(host: str, port: int, profile: DeviceProfile) -> dict:
+    """Read the turnstile back over Modbus: unlocked, passage_count, forced_count, fault_code, unlock_count."""
+    if profile.simulation is None:
+        raise ProfileError(f"profile {profile.model!r} has no simulation section")
+    points = profile.points
+    async with _client(host, port, profile) as client:
+        state = {
+            name: await _read_point(client, profile.unit, point)
+            for name, point in (
+                ("unlocked", points.unlock),
+                ("passage_count", points.passage_count),
+                ("forced_count", points.forced_count),
+                ("fault_code", points.fault_code),
+                ("unlock_count", profile.simulation.unlock_count),
+            )
+        }
+    state["unlocked"] = bool(state["unlocked"])
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+async def serve(profile_path: str | Path, host: str, ports: list[int]) -> None:
+    """Run one simulated turnstile per port until cancelled."""
+    if not ports:
+        raise ValueError("serve needs at least one port")
+    profile = load_profile(profile_path)
+    simulators = [TurnstileSimulator(profile, host, port) for port in ports]
+    try:
+        for simulator in simulators:
+            await simulator.start()
+        await asyncio.Future()  # until cancelled
+    finally:
+        for simulator in simulators:
+            with suppress(Exception):
+                await simulator.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge.sim.turnstile", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--profile", required=True, help="device profile YAML, e.g. edge/profiles/turnstile-generic.yaml"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        help=f"port to listen on; repeat for more turnstiles (default: {DEFAULT_PORT})",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)
+    try:
+        asyncio.run(serve(args.profile, args.host, args.port or [DEFAULT_PORT]))
+    except ProfileError as exc:
+        parser.exit(2, f"{exc}\n")
+    except OSError as exc:
+        parser.exit(1, f"{exc}\n")
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
