@@ -6,6 +6,7 @@ import pytest
 
 from gatehouse.edge.v1 import edge_pb2 as pb
 from gatehouse.edge.v1 import edge_pb2_grpc as pb_grpc
+from tests.stack import wait_for
 
 
 @pytest.fixture
@@ -18,7 +19,8 @@ def link(stack):
 
 
 def _event(**kw):
-    e = pb.EdgeEvent(event_id=str(uuid.uuid4()), device_id="t1", gate_id="north", kind="passage", device_seq=1, **kw)
+    e = pb.EdgeEvent(**{"event_id": str(uuid.uuid4()), "device_id": "t1", "gate_id": "north", "kind": "passage",
+                        "device_seq": 1, **kw})
     e.device_time.GetCurrentTime()
     return e
 
@@ -81,3 +83,19 @@ def test_events_are_not_acknowledged_when_nobody_can_store_them(link):
     with pytest.raises(grpc.RpcError) as err:
         stub.ReportEvents(pb.EventBatch(events=[_event()]), metadata=good, timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_retried_batch_is_acknowledged_and_stored_once(link):
+    stack, stub, good, _ = link
+    stack.start_access()
+    batch = pb.EventBatch(events=[_event(device_seq=i) for i in range(1, 6)])
+    ids = [e.event_id for e in batch.events]
+    for _ in range(3):     # the agent lost the first two acks and sent again
+        ack = stub.ReportEvents(batch, metadata=good, timeout=10)
+        assert list(ack.accepted_event_ids) == ids
+    marker = pb.EventBatch(events=[_event(device_id="t2")])   # stored after the three, in order
+    stub.ReportEvents(marker, metadata=good, timeout=10)
+    events = wait_for(lambda: (e := stack.events()) and e[-1]["event_id"] == marker.events[0].event_id and e,
+                      what="the marker stored")
+    assert [e["event_id"] for e in events] == ids + [marker.events[0].event_id]
+    assert all(e["received_at"] and e["device_time"] for e in events)

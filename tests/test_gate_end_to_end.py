@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 import urllib.error
@@ -197,3 +198,41 @@ def test_bad_profile_stops_the_agent_naming_file_and_field(stack, tmp_path):
                        str(stack.write_site_file(profile=bad)), check=False, timeout=30)
     assert result.returncode == 2
     assert "bad-profile.yaml" in result.stderr and "points.unlock" in result.stderr, result.stderr
+
+
+def test_agent_crash_and_full_outbox_lose_nothing(stack):
+    boot(stack)
+    stack.stop("edgelink")
+    # a tiny alarm level, so the outbox passes it
+    stack.stop("agent")
+    stack.start_agent(stack.write_site_file(outbox_alarm_at=5))
+    first = [stack.present("t1", "1001") for _ in range(4)]
+    stack.stop("agent", sig=signal.SIGKILL)              # power cut at the gate box
+    assert stack.outbox_size() >= 4
+    stack.start_agent(stack.write_site_file(outbox_alarm_at=5))
+    second = [stack.present("t2", "2001") for _ in range(4)]   # decided from the cache kept on disk
+    assert all(r["granted"] and r["unlocked"] and r["offline"] for r in first + second)
+    with stack.agent_db() as db:
+        kinds = [k for (k,) in db.execute("SELECT kind FROM outbox ORDER BY seq")]
+    assert "outbox_high_water" in kinds                   # alarmed, and nothing discarded
+    stack.start_edgelink()
+    expected = [r["event_id"] for r in first + second]
+    events = events_when(stack, lambda e: set(expected) <= {x["event_id"] for x in e}
+                         and any(x["kind"] == "outbox_high_water" for x in e))
+    assert_exactly_once_in_order(events, expected)
+    wait_for(lambda: stack.outbox_size() == 0, what="outbox drained")
+
+
+def test_console_says_when_access_is_down(stack):
+    stack.start_access()
+    stack.start_console()
+    base = f"http://127.0.0.1:{stack.console_port}"
+    wait_for(lambda: json.loads(urllib.request.urlopen(f"{base}/api/health").read())["services"]["access"]["state"]
+             == "up", what="access up in health")
+    stack.stop("access")
+    with pytest.raises(urllib.error.HTTPError) as down:
+        urllib.request.urlopen(f"{base}/api/events", timeout=30)
+    assert down.value.code == 504 and "access" in json.loads(down.value.read())["error"]
+    health = wait_for(lambda: (h := json.loads(urllib.request.urlopen(f"{base}/api/health").read()))
+                      ["services"]["access"]["state"] == "down" and h, what="access down in health")
+    assert health["status"] == "degraded"

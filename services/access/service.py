@@ -19,6 +19,10 @@ from services.access.store import InvalidInput
 
 log = logging.getLogger("access")
 _relay_lock = Semaphore()
+# Batches are stored one at a time in delivery order (eventlet's semaphore wakes waiters
+# first-come first-served), so an agent's events are stored in the order it sent them
+# even though nameko runs several workers at once.
+_ingest_lock = Semaphore()
 
 
 class AccessService:
@@ -102,7 +106,7 @@ class AccessService:
     @event_handler("edgelink", "edge_events_reported", requeue_on_error=True)
     def on_edge_events(self, batch):
         """A batch of edge events, stored in one transaction; redelivery stores nothing twice."""
-        with self.db.begin() as conn:
+        with _ingest_lock, self.db.begin() as conn:
             new = store.store_edge_events(conn, batch)
         if new:
             self.dispatch("events_recorded", event_payload(batch["site_id"], events=[
