@@ -89,8 +89,12 @@ def bench_edge(n: int = 1000) -> dict:
 # -- ingest: edge outbox -> rows in the access database ------------------------------------------------
 
 def bench_ingest(n: int = 20_000) -> dict:
-    return {"ingest.events_per_s": round(harness.outbox_to_rows(n), 1),
-            "ingest.raw_kombu_per_s": round(harness.raw_kombu(n), 1)}
+    ours = harness.outbox_to_rows(n)
+    baseline = harness.raw_kombu(n)
+    return {"ingest.events_per_s": round(ours, 1),
+            "ingest.raw_kombu_per_s": round(baseline, 1),
+            "ingest.ratio_to_raw_kombu": round(ours / baseline, 2),
+            "ingest.events_per_s_postgresql": round(harness.outbox_to_rows(n, "postgresql"), 1)}
 
 
 BENCHMARKS = {

@@ -15,21 +15,25 @@ import uuid
 from pathlib import Path
 
 from kombu import Connection, Exchange, Producer, Queue
+from sqlalchemy import text
 
+from gatehouse.db import engine_for
 from tests.stack import Database, Stack, private_vhost, wait_for
 
 BASE_AMQP = os.environ.get("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 @contextlib.contextmanager
-def stack():
+def stack(database: str = "sqlite"):
     with tempfile.TemporaryDirectory(prefix="gh-bench-") as tmp, private_vhost(BASE_AMQP) as uri:
-        s = Stack(Path(tmp), Database("sqlite", Path(tmp)), uri)
-        s.migrate()
+        db = Database(database, Path(tmp))
+        s = Stack(Path(tmp), db, uri)
         try:
+            s.migrate()
             yield s
         finally:
             s.close()
+            db.drop()
 
 
 def wait_synced(s: Stack, card: str) -> None:
@@ -49,12 +53,12 @@ def reader(s: Stack):
         yield present
 
 
-def outbox_to_rows(n: int) -> float:
+def outbox_to_rows(n: int, database: str = "sqlite") -> float:
     """Events per second from a full agent outbox to rows in the access database."""
     from edge.link import CentreLink
     from edge.store import EdgeStore
 
-    with stack() as s:
+    with stack(database) as s:
         s.start_access()
         s.start_edgelink()
         secret = s.register_agent()
@@ -62,9 +66,13 @@ def outbox_to_rows(n: int) -> float:
         for i in range(n):
             store.append_event(f"t{i % 4}", "north", "access_granted",
                                {"card_number": str(1000 + i % 500), "reason": "granted"}, offline=True)
+        engine = engine_for("access", s.db.url) if s.db.url else None
         access_db = s.db.var / "access.db"
 
         def stored() -> int:
+            if engine is not None:
+                with engine.connect() as conn:
+                    return conn.execute(text("SELECT count(*) FROM access_events")).scalar()
             with sqlite3.connect(access_db, timeout=10) as db:
                 return db.execute("SELECT count(*) FROM access_events").fetchone()[0]
 
@@ -83,6 +91,8 @@ def outbox_to_rows(n: int) -> float:
         elapsed = asyncio.run(upload())
         assert stored() == n and store.outbox_size() == 0
         store.close()
+        if engine is not None:
+            engine.dispose()
     return n / elapsed
 
 
