@@ -93,10 +93,14 @@ class CentreLink:
                 await self.stub.Hello(pb.HelloRequest(site_id=self.site_id, software_version=__version__,
                                                       devices=self.devices, agent_time=now),
                                       metadata=self.metadata, timeout=5)
-                stream = self.stub.Sync(pb.SyncRequest(cursor=self.store.cursor, follow=True), metadata=self.metadata)
+                epoch, cursor = self.store.position
+                stream = self.stub.Sync(pb.SyncRequest(cursor=cursor, epoch=epoch, follow=True),
+                                        metadata=self.metadata)
                 async for batch in stream:
-                    if batch.changes:
-                        self.store.apply_changes([_credential(c.credential) for c in batch.changes], batch.cursor)
+                    if batch.changes or batch.epoch != epoch:
+                        self.store.apply_changes([_credential(c.credential) for c in batch.changes],
+                                                 batch.cursor, batch.epoch)
+                        epoch = batch.epoch
                     if batch.caught_up:
                         self.synced_at = time.monotonic()
                     self._set_online(True)

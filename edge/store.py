@@ -56,19 +56,21 @@ class EdgeStore:
             return None
         return Credential(*row[:6], gate_ids=frozenset(row[6].split("\x1f")) if row[6] else frozenset())
 
-    def apply_changes(self, credentials: list[dict], cursor: int) -> None:
-        """One sync batch, with the cursor it brings us to, in one transaction."""
+    def apply_changes(self, credentials: list[dict], cursor: int, epoch: str) -> None:
+        """One sync batch, with the position (epoch, cursor) it brings us to, in one transaction."""
         rows = [(c["card_number"], c["person_id"], c["person_name"], c["status"], c["valid_from"],
                  c["valid_until"], "\x1f".join(c["gate_ids"])) for c in credentials]
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO credentials VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('cursor', ?)", (str(cursor),))
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [("cursor", str(cursor)), ("epoch", epoch)])
 
     @property
-    def cursor(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()
-        return int(row[0]) if row else 0
+    def position(self) -> tuple[str, int]:
+        """(epoch, cursor) of the last applied sync batch."""
+        rows = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('cursor', 'epoch')").fetchall())
+        return rows.get("epoch", ""), int(rows.get("cursor", 0))
 
     def credential_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM credentials").fetchone()[0]

@@ -74,6 +74,15 @@ class Database:
             env["DATABASE_URL"] = self.url
         return env
 
+    def wipe(self, service: str) -> None:
+        """Lose one service's data entirely (as if its disk died), ready to migrate again."""
+        if self.kind == "postgresql":
+            with psycopg.connect(**{**self._admin, "dbname": self.name}) as conn:
+                conn.execute(f'DROP SCHEMA "{service}" CASCADE')
+        else:
+            for path in self.var.glob(f"{service}.db*"):
+                path.unlink()
+
     def drop(self) -> None:
         if self.kind == "postgresql":
             with psycopg.connect(**self._admin) as conn:

@@ -236,3 +236,25 @@ def test_console_says_when_access_is_down(stack):
     health = wait_for(lambda: (h := json.loads(urllib.request.urlopen(f"{base}/api/health").read()))
                       ["services"]["access"]["state"] == "down" and h, what="access down in health")
     assert health["status"] == "degraded"
+
+
+def test_agent_follows_a_rebuilt_projection(stack):
+    boot(stack)
+    with stack.rpc() as rpc:                # move the agent's cursor well past the card count
+        for _ in range(5):
+            rpc.access.revoke_card(stack.site_id, "2001")
+            rpc.access.issue_card("bob", "2001")
+    wait_for(lambda: stack.agent_cached("2001")[0] == "active" and stack.present("t2", "2001")["granted"],
+             what="Bob's card active again")
+    stack.stop("edgelink")
+    stack.db.wipe("edgelink")               # edgelink's data is lost; it rebuilds from access
+    stack.migrate()
+    stack.register_agent()                  # the agent is registered anew (new secret)
+    stack.stop("agent")
+    stack.start_edgelink()
+    stack.start_agent()
+    with stack.rpc() as rpc:                # a change after the rebuild, at a low version again
+        rpc.access.revoke_card(stack.site_id, "1001")
+    wait_for(lambda: stack.agent_cached("1001")[0] == "revoked", timeout=60, what="revoke after the rebuild")
+    assert stack.present("t1", "1001")["reason"] == "card_revoked"
+    assert stack.present("t2", "2001")["granted"]

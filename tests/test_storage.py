@@ -105,3 +105,18 @@ def test_projection_applies_newer_revisions_only(access_engine):
     newer = projection.changes_since("s1", cursor)
     assert len(newer) == 1 and newer[0][1]["status"] == "revoked" and newer[0][0] > cursor
     assert projection.changes_since("s2", 0) == []
+
+
+def test_a_rebuilt_projection_has_a_new_epoch(access_engine, database, monkeypatch):
+    view = {"card_number": "1001", "person_id": "ann", "person_name": "Ann", "status": "active",
+            "valid_from": 0, "valid_until": 0, "gate_ids": ["north"]}
+    projection = Projection(engine_for("edgelink"))
+    assert projection.position("s1") == ("", 0)
+    projection.apply_credentials("s1", 1, [view])
+    epoch, version = projection.position("s1")
+    assert epoch and version == 1
+    projection.apply_credentials("s1", 2, [view])
+    assert projection.position("s1") == (epoch, 2)
+    assert projection.position("s2") == ("", 0)
+    projection.apply_credentials("s2", 3, [view])
+    assert projection.position("s2")[0] not in ("", epoch)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 
 from sqlalchemy import select, update
 
@@ -36,7 +37,7 @@ class Projection:
                                 .where(site_versions.c.site_id == site_id)).scalar()
             if base is None:
                 base = 0
-                conn.execute(_upsert(conn, site_versions).values(site_id=site_id, version=0))
+                conn.execute(_upsert(conn, site_versions).values(site_id=site_id, version=0, epoch=uuid.uuid4().hex))
             rows = [{"site_id": site_id, "card_number": v["card_number"], "version": base + i + 1,
                      "source_revision": revision, "payload": json.dumps(v, sort_keys=True)}
                     for i, v in enumerate(views)]
@@ -56,9 +57,14 @@ class Projection:
         return version
 
     def latest_version(self, site_id: str) -> int:
+        return self.position(site_id)[1]
+
+    def position(self, site_id: str) -> tuple[str, int]:
+        """(epoch, version) of the site's projection; ("", 0) before it has any data."""
         with self.engine.connect() as conn:
-            return conn.execute(select(site_versions.c.version)
-                                .where(site_versions.c.site_id == site_id)).scalar() or 0
+            row = conn.execute(select(site_versions.c.epoch, site_versions.c.version)
+                               .where(site_versions.c.site_id == site_id)).first()
+        return (row.epoch, row.version) if row else ("", 0)
 
     def versions(self) -> dict[str, int]:
         with self.engine.connect() as conn:

@@ -121,26 +121,30 @@ class EdgeLink:
                           f"agent {agent_id} is registered for site {site_id}, not {request.site_id}")
         log.info("agent hello", extra={"agent_id": agent_id, "site_id": site_id,
                                        "devices": [d.device_id for d in request.devices]})
-        return pb.HelloReply(site_id=site_id, server_time=_ts(datetime.now(UTC)),
-                             latest_version=self.projection.latest_version(site_id))
+        epoch, version = self.projection.position(site_id)
+        return pb.HelloReply(site_id=site_id, server_time=_ts(datetime.now(UTC)), latest_version=version, epoch=epoch)
 
     def Sync(self, request, context):
         agent_id, site_id = self._agent(request, context)
-        cursor = request.cursor
+        epoch, _ = self.projection.position(site_id)
+        # a cursor from another epoch (a rebuilt or restored projection) means nothing here
+        cursor = request.cursor if request.epoch == epoch else 0
         self._stream_open(agent_id, +1)
         try:
             caught_up_sent = False
             while context.is_active() and not self.stopping.is_set():
+                if not epoch:   # the site's projection did not exist yet; it may now
+                    epoch, _ = self.projection.position(site_id)
                 changes = self.projection.changes_since(site_id, cursor, SYNC_BATCH)
                 if changes:
                     cursor = changes[-1][0]
                     caught_up = len(changes) < SYNC_BATCH
-                    yield pb.SyncBatch(cursor=cursor, caught_up=caught_up, changes=[
+                    yield pb.SyncBatch(cursor=cursor, caught_up=caught_up, epoch=epoch, changes=[
                         pb.Change(version=v, credential=pb.Credential(**c)) for v, c in changes])
                     caught_up_sent = caught_up
                     continue
                 if not caught_up_sent:
-                    yield pb.SyncBatch(cursor=cursor, caught_up=True)
+                    yield pb.SyncBatch(cursor=cursor, caught_up=True, epoch=epoch)
                     caught_up_sent = True
                 if not request.follow:
                     return

@@ -17,6 +17,8 @@ site_versions = Table(
     "site_versions", metadata,
     Column("site_id", String(64), primary_key=True),
     Column("version", BigInteger, nullable=False),
+    # A new identity whenever the projection starts from scratch; cursors are per epoch.
+    Column("epoch", String(32), nullable=True),
 )
 
 # One row per card and site: the newest state seen, stamped with the site version at which

@@ -34,22 +34,26 @@ class HelloRequest(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., software_version: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., agent_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("site_id", "server_time", "latest_version")
+    __slots__ = ("site_id", "server_time", "latest_version", "epoch")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     server_time: _timestamp_pb2.Timestamp
     latest_version: int
-    def __init__(self, site_id: _Optional[str] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[int] = ...) -> None: ...
+    epoch: str
+    def __init__(self, site_id: _Optional[str] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest_version: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("cursor", "follow")
+    __slots__ = ("cursor", "follow", "epoch")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     follow: bool
-    def __init__(self, cursor: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    epoch: str
+    def __init__(self, cursor: _Optional[int] = ..., follow: _Optional[bool] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class Credential(_message.Message):
     __slots__ = ("card_number", "person_id", "person_name", "status", "valid_from", "valid_until", "gate_ids")
@@ -78,14 +82,16 @@ class Change(_message.Message):
     def __init__(self, version: _Optional[int] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
 
 class SyncBatch(_message.Message):
-    __slots__ = ("changes", "cursor", "caught_up")
+    __slots__ = ("changes", "cursor", "caught_up", "epoch")
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     changes: _containers.RepeatedCompositeFieldContainer[Change]
     cursor: int
     caught_up: bool
-    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., cursor: _Optional[int] = ..., caught_up: _Optional[bool] = ...) -> None: ...
+    epoch: str
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., cursor: _Optional[int] = ..., caught_up: _Optional[bool] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class EdgeEvent(_message.Message):
     __slots__ = ("event_id", "device_id", "gate_id", "kind", "device_seq", "device_time", "offline", "attributes")
