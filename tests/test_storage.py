@@ -67,6 +67,10 @@ def test_bad_input_writes_nothing(access_engine):
         store.create_group(conn, "s1", "g1", "Group", ["north"])
         store.add_person(conn, "s1", "ann", "Ann", "resident")
         store.add_to_group(conn, "g1", "ann")
+    with pytest.raises(store.InvalidInput, match="belongs to site 's1'"):
+        with access_engine.begin() as conn:
+            store.create_site(conn, "s2", "Other", "UTC")
+            store.create_group(conn, "s2", "g1", "Taken", [])
     with pytest.raises(store.InvalidInput, match="UTC offset"):
         with access_engine.begin() as conn:
             store.issue_card(conn, "ann", "1001", "2026-01-01T00:00:00", None)

@@ -115,7 +115,10 @@ def create_group(conn, site_id: str, group_id: str, name: str, gate_ids: list[st
     unknown = sorted(set(gate_ids) - known)
     if unknown:
         raise NotFound(f"unknown gate(s) at site {site_id!r}: {', '.join(unknown)}")
-    if conn.execute(select(access_groups).where(access_groups.c.group_id == group_id)).first():
+    existing = conn.execute(select(access_groups).where(access_groups.c.group_id == group_id)).mappings().first()
+    if existing and existing["site_id"] != site_id:
+        raise InvalidInput(f"access group {group_id!r} belongs to site {existing['site_id']!r}")
+    if existing:
         conn.execute(update(access_groups).where(access_groups.c.group_id == group_id).values(name=name))
         conn.execute(delete(group_gates).where(group_gates.c.group_id == group_id))
     else:

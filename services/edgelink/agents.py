@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, insert, select
@@ -33,15 +35,24 @@ def all_agents(engine) -> list[dict]:
 
 
 class Authenticator:
-    """Checks an agent's id and secret; keeps the digests in memory, re-reading on a miss."""
+    """Checks an agent's id and secret; keeps the digests in memory, re-reading on a miss at
+    most once a second (so wrong secrets cannot turn into a flood of database reads)."""
+
+    RELOAD_EVERY_S = 1.0
 
     def __init__(self, engine):
         self.engine = engine
         self._known: dict[str, tuple[str, str]] = {}
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
 
     def _load(self):
-        with self.engine.connect() as conn:
-            self._known = {r.agent_id: (r.site_id, r.secret_sha256) for r in conn.execute(select(agents))}
+        with self._lock:
+            if time.monotonic() - self._loaded_at < self.RELOAD_EVERY_S:
+                return
+            with self.engine.connect() as conn:
+                self._known = {r.agent_id: (r.site_id, r.secret_sha256) for r in conn.execute(select(agents))}
+            self._loaded_at = time.monotonic()
 
     def site_of(self, agent_id: str, secret: str) -> str | None:
         entry = self._known.get(agent_id)
