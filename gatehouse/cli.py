@@ -183,11 +183,6 @@ def sim_serve(profile, host, ports):
     asyncio.run(serve(profile, host, list(ports)))
 
 
-def _sim_target(profile, port, host):
-    from edge.profiles import load_profile
-    return host, port, load_profile(profile)
-
-
 _sim_options = [click.option("--port", type=int, required=True),
                 click.option("--host", default="127.0.0.1", show_default=True),
                 click.option("--profile", default=str(settings.ROOT / "edge/profiles/turnstile-generic.yaml"),
@@ -200,24 +195,37 @@ def _with_sim_options(fn):
     return fn
 
 
+def _drive_sim(port, host, profile, action=None):
+    """Do `action(host, port, profile)` on a simulated turnstile, then print its state."""
+    from edge.profiles import load_profile
+    from edge.sim.turnstile import read_state
+
+    loaded = load_profile(profile)
+
+    async def run():
+        if action is not None:
+            await action(host, port, loaded)
+        return await read_state(host, port, loaded)
+    try:
+        _print(asyncio.run(run()))
+    except (ConnectionError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @sim.command("passage")
 @_with_sim_options
 def sim_passage(port, host, profile):
     """Someone walks through (counts only if the turnstile is unlocked)."""
-    from edge.sim.turnstile import read_state, trigger
-    h, p, prof = _sim_target(profile, port, host)
-    asyncio.run(trigger(h, p, prof, "passage"))
-    _print(asyncio.run(read_state(h, p, prof)))
+    from edge.sim.turnstile import trigger
+    _drive_sim(port, host, profile, lambda h, p, prof: trigger(h, p, prof, "passage"))
 
 
 @sim.command("force")
 @_with_sim_options
 def sim_force(port, host, profile):
     """Someone forces the turnstile."""
-    from edge.sim.turnstile import read_state, trigger
-    h, p, prof = _sim_target(profile, port, host)
-    asyncio.run(trigger(h, p, prof, "forced"))
-    _print(asyncio.run(read_state(h, p, prof)))
+    from edge.sim.turnstile import trigger
+    _drive_sim(port, host, profile, lambda h, p, prof: trigger(h, p, prof, "forced"))
 
 
 @sim.command("fault")
@@ -225,19 +233,15 @@ def sim_force(port, host, profile):
 @click.argument("code", type=int)
 def sim_fault(port, host, profile, code):
     """Set the fault register (0 clears it)."""
-    from edge.sim.turnstile import read_state, set_fault
-    h, p, prof = _sim_target(profile, port, host)
-    asyncio.run(set_fault(h, p, prof, code))
-    _print(asyncio.run(read_state(h, p, prof)))
+    from edge.sim.turnstile import set_fault
+    _drive_sim(port, host, profile, lambda h, p, prof: set_fault(h, p, prof, code))
 
 
 @sim.command("state")
 @_with_sim_options
 def sim_state(port, host, profile):
     """Read a simulated turnstile's state over Modbus."""
-    from edge.sim.turnstile import read_state
-    h, p, prof = _sim_target(profile, port, host)
-    _print(asyncio.run(read_state(h, p, prof)))
+    _drive_sim(port, host, profile)
 
 
 @main.group()
