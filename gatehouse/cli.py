@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import sys
 import urllib.error
@@ -200,6 +201,7 @@ def _drive_sim(port, host, profile, action=None):
     from edge.profiles import load_profile
     from edge.sim.turnstile import read_state
 
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)   # the error below says it once
     loaded = load_profile(profile)
 
     async def run():

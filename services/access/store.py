@@ -5,7 +5,7 @@ import json
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 
 from gatehouse.db import insert_ignore, serialize_writers
 from services.access import rules
@@ -259,13 +259,33 @@ def _event_row(batch: dict, event: dict) -> dict:
     }
 
 
+_EVENT_COLUMNS = {  # column -> PostgreSQL type, for the one-statement batch insert
+    "event_id": "text", "site_id": "text", "agent_id": "text", "device_id": "text", "gate_id": "text",
+    "kind": "text", "device_seq": "bigint", "device_time": "timestamptz", "received_at": "timestamptz",
+    "offline": "boolean", "card_number": "text", "person_id": "text", "reason": "text", "attributes": "text",
+}
+_UTC = " AT TIME ZONE 'UTC'"   # timestamps are stored as naive UTC (gatehouse.db.UTCDateTime)
+_PG_INSERT_EVENTS = text(
+    f"INSERT INTO access_events ({', '.join(_EVENT_COLUMNS)}) "
+    f"SELECT {', '.join(c + (_UTC if t == 'timestamptz' else '') for c, t in _EVENT_COLUMNS.items())} "
+    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
+    f"AS x({', '.join(f'{c} {t}' for c, t in _EVENT_COLUMNS.items())}) "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
+
+
 def store_edge_events(conn, batch: dict) -> list[dict]:
     """Store a batch idempotently (unique event_id); return the rows that were new."""
     rows = [_event_row(batch, e) for e in batch["events"]]
     if not rows:
         return []
-    stmt = insert_ignore(conn, access_events).returning(access_events.c.event_id)
-    new_ids = {r.event_id for r in conn.execute(stmt, rows)}
+    if conn.dialect.name == "postgresql":
+        # One statement, one JSON parameter, expanded by the server: a multi-row VALUES of
+        # 14 x 500 placeholders costs psycopg ~100 ms on the client to parse and adapt.
+        payload = json.dumps(rows, default=lambda v: v.isoformat())
+        new_ids = {r.event_id for r in conn.execute(_PG_INSERT_EVENTS, {"rows": payload})}
+    else:
+        stmt = insert_ignore(conn, access_events).returning(access_events.c.event_id)
+        new_ids = {r.event_id for r in conn.execute(stmt, rows)}
     return [r for r in rows if r["event_id"] in new_ids]
 
 
