@@ -99,3 +99,26 @@ def test_retried_batch_is_acknowledged_and_stored_once(link):
                       what="the marker stored")
     assert [e["event_id"] for e in events] == ids + [marker.events[0].event_id]
     assert all(e["received_at"] and e["device_time"] for e in events)
+
+
+def test_streams_cannot_starve_event_reports(stack):
+    # 20 threads, 16 kept for unary calls: at most 4 streams
+    stack.env["EDGELINK_WORKERS"] = "20"
+    stack.start_edgelink()
+    secret = stack.register_agent()
+    metadata = (("x-agent-id", stack.agent_id), ("x-agent-secret", secret))
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.edgelink_port}")
+    stub = pb_grpc.EdgeLinkStub(channel)
+    streams = [stub.Sync(pb.SyncRequest(follow=True), metadata=metadata) for _ in range(4)]
+    for s in streams:
+        assert next(s).caught_up           # each stream is open and holding a thread
+    with pytest.raises(grpc.RpcError) as full:
+        next(stub.Sync(pb.SyncRequest(follow=True), metadata=metadata, timeout=5))
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "EDGELINK_WORKERS" in full.value.details()
+    with pytest.raises(grpc.RpcError) as answered:   # a unary call still gets a thread and an answer
+        stub.ReportEvents(pb.EventBatch(), metadata=metadata, timeout=5)
+    assert answered.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    streams[0].cancel()                               # a closed stream frees its place
+    wait_for(lambda: next(stub.Sync(pb.SyncRequest(follow=True), metadata=metadata, timeout=5)).caught_up,
+             timeout=15, what="a stream place freed")
+    channel.close()

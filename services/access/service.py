@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import eventlet
 from eventlet.semaphore import Semaphore
 from nameko.events import EventDispatcher, event_handler
 from nameko.rpc import rpc
@@ -18,6 +19,7 @@ from services.access import store
 from services.access.store import InvalidInput
 
 log = logging.getLogger("access")
+INGEST_RETRY_PAUSE_S = 1.0
 _relay_lock = Semaphore()
 # Batches are stored one at a time in delivery order (eventlet's semaphore wakes waiters
 # first-come first-served), so an agent's events are stored in the order it sent them
@@ -106,8 +108,15 @@ class AccessService:
     @event_handler("edgelink", "edge_events_reported", requeue_on_error=True)
     def on_edge_events(self, batch):
         """A batch of edge events, stored in one transaction; redelivery stores nothing twice."""
-        with _ingest_lock, self.db.begin() as conn:
-            new = store.store_edge_events(conn, batch)
+        try:
+            with _ingest_lock, self.db.begin() as conn:
+                new = store.store_edge_events(conn, batch)
+        except Exception:
+            # The message goes back to the queue (requeue_on_error); pause first, so a
+            # database that is down is not hammered by instant redeliveries.
+            log.exception("could not store edge events; will retry", extra={"event_id": batch.get("event_id")})
+            eventlet.sleep(INGEST_RETRY_PAUSE_S)
+            raise
         if new:
             self.dispatch("events_recorded", event_payload(batch["site_id"], events=[
                 {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()} for row in new]))

@@ -34,6 +34,10 @@ SERVICE = "gatehouse.edge.v1.EdgeLink"
 SYNC_BATCH = 1000
 HEARTBEAT_S = 2.0
 SNAPSHOT_RETRY_S = 30.0
+# Each connected agent holds two long-lived streams (Sync, Commands), each on a pool thread.
+# This many threads stay free for unary calls (Hello, ReportEvents), whatever the streams do.
+RESERVED_FOR_CALLS = 16
+DEFAULT_WORKERS = 512     # room for (512 - 16) / 2 = 248 connected agents
 
 
 def _ts(dt: datetime) -> Timestamp:
@@ -83,7 +87,7 @@ class CommandHub:
 
 
 class EdgeLink:
-    def __init__(self, engine, publisher: ConfirmedPublisher):
+    def __init__(self, engine, publisher: ConfirmedPublisher, workers: int = DEFAULT_WORKERS):
         self.engine = engine
         self.publisher = publisher
         self.projection = Projection(engine)
@@ -93,6 +97,7 @@ class EdgeLink:
         self._lock = threading.Lock()
         self.last_seen: dict[str, float] = {}       # agent_id -> time of its last call
         self.streams: dict[str, int] = {}            # agent_id -> open Sync/Commands streams
+        self.max_streams = max(1, workers - RESERVED_FOR_CALLS)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -108,9 +113,20 @@ class EdgeLink:
             self.last_seen[agent_id] = time.time()
         return agent_id, site_id
 
-    def _stream_open(self, agent_id: str, delta: int) -> None:
+    def _open_stream(self, agent_id: str, context) -> None:
         with self._lock:
-            self.streams[agent_id] = self.streams.get(agent_id, 0) + delta
+            full = sum(self.streams.values()) >= self.max_streams
+            if not full:
+                self.streams[agent_id] = self.streams.get(agent_id, 0) + 1
+        if full:
+            log.error("stream capacity reached", extra={"agent_id": agent_id, "max_streams": self.max_streams})
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"edgelink holds its maximum of {self.max_streams} streams; retry later "
+                          "(operators: raise EDGELINK_WORKERS)")
+
+    def _close_stream(self, agent_id: str) -> None:
+        with self._lock:
+            self.streams[agent_id] -= 1
 
     # -- rpcs -------------------------------------------------------------------------------------
 
@@ -129,7 +145,7 @@ class EdgeLink:
         epoch, _ = self.projection.position(site_id)
         # a cursor from another epoch (a rebuilt or restored projection) means nothing here
         cursor = request.cursor if request.epoch == epoch else 0
-        self._stream_open(agent_id, +1)
+        self._open_stream(agent_id, context)
         try:
             caught_up_sent = False
             while context.is_active() and not self.stopping.is_set():
@@ -150,7 +166,7 @@ class EdgeLink:
                     return
                 self.projection.wait_for_change(timeout=5.0)
         finally:
-            self._stream_open(agent_id, -1)
+            self._close_stream(agent_id)
 
     def ReportEvents(self, request, context):
         agent_id, site_id = self._agent(request, context)
@@ -172,8 +188,8 @@ class EdgeLink:
 
     def Commands(self, request, context):
         agent_id, site_id = self._agent(request, context)
+        self._open_stream(agent_id, context)
         q = self.commands.subscribe(site_id)
-        self._stream_open(agent_id, +1)
         try:
             while context.is_active() and not self.stopping.is_set():
                 try:
@@ -182,7 +198,7 @@ class EdgeLink:
                     continue
         finally:
             self.commands.unsubscribe(site_id, q)
-            self._stream_open(agent_id, -1)
+            self._close_stream(agent_id)
 
     def handler(self) -> grpc.GenericRpcHandler:
         unary = grpc.unary_unary_rpc_method_handler
@@ -248,13 +264,14 @@ def serve(address: str | None = None, engine=None, amqp_uri: str | None = None, 
     """Start edgelink; returns (grpc server, EdgeLink, bound port)."""
     engine = engine or engine_for("edgelink")
     amqp_uri = amqp_uri or settings.amqp_uri()
-    link = EdgeLink(engine, ConfirmedPublisher(amqp_uri, "edgelink"))
+    workers = workers or int(os.environ.get("EDGELINK_WORKERS", DEFAULT_WORKERS))
+    link = EdgeLink(engine, ConfirmedPublisher(amqp_uri, "edgelink"), workers)
     consumer = EventConsumer(amqp_uri, "edgelink.projection",
                              [("access", "credentials_changed"), ("access", "gate_open_requested")],
                              link.on_bus_event)
     consumer.start_thread()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers or int(os.environ.get("EDGELINK_WORKERS", "64"))),
+        futures.ThreadPoolExecutor(max_workers=workers),
         handlers=[link.handler()],
         options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 16 << 20),
                  ("grpc.keepalive_time_ms", 20000), ("grpc.http2.min_ping_interval_without_data_ms", 5000),
