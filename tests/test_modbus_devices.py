@@ -530,6 +530,27 @@ def test_turnstile_unreachable_from_the_start_is_reported_then_comes_online():
     run(scenario())
 
 
+def test_unlock_right_after_start_waits_for_the_first_connection():
+    profile = tuned()
+
+    async def scenario():
+        port = free_port()
+        simulator = TurnstileSimulator(profile, HOST, port)
+        await simulator.start()
+        events = Events()
+        driver = TurnstileDriver("ts-boot", profile, HOST, port, events)
+        try:
+            await driver.start()
+            await driver.unlock()          # the box has just booted: the first card must work
+            assert (await read_state(HOST, port, profile))["unlock_count"] == 1
+            assert events.count("device_online") == 1
+        finally:
+            await driver.stop()
+            await simulator.stop()
+
+    run(scenario())
+
+
 def test_silent_turnstile_times_out_without_slowing_another():
     silent_profile = tuned(timeout_s=0.4)
 

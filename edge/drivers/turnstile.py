@@ -119,6 +119,7 @@ class TurnstileDriver:
         self._reads = plan_register_reads({role: getattr(profile.points, role) for role in _POLLED_ROLES})
         self._client: AsyncModbusTcpClient | None = None
         self._online: bool | None = None  # None until the first connection attempt has an outcome
+        self._first_outcome = asyncio.Event()  # set once _online is no longer None
         self._counters: dict[str, int] = {}
         self._fault_code = 0
         self._task: asyncio.Task | None = None
@@ -254,7 +255,16 @@ class TurnstileDriver:
     async def _command(
         self, what: str, send: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
     ) -> ModbusPDU:
-        """Run one request on the live connection; any failure marks the device offline."""
+        """Run one request on the live connection; any failure marks the device offline.
+
+        Right after start-up the first connection may still be under way: a command then waits
+        for it (at most the profile's timeout) rather than failing the first person at the gate.
+        """
+        if self._online is None and self._task is not None:
+            try:
+                await asyncio.wait_for(self._first_outcome.wait(), timeout=self.profile.timeout_s)
+            except TimeoutError:
+                pass
         client = self._client
         if client is None or not self.online:
             raise DeviceOffline(f"{self.device_id}: offline, cannot {what}")
@@ -313,12 +323,14 @@ class TurnstileDriver:
 
     def _mark_online(self) -> None:
         self._retry_delay_s = self._backoff_initial_s
+        self._first_outcome.set()
         if self._online is not True:
             self._online = True
             log.info("%s: online at %s:%d", self.device_id, self.host, self.port)
             self._emit("device_online", {})
 
     def _mark_offline(self, reason: str) -> None:
+        self._first_outcome.set()
         if self._online is not False:
             self._online = False
             log.warning("%s: offline: %s", self.device_id, reason)
