@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import time
 
-from nameko.events import EventDispatcher
 from nameko.extensions import DependencyProvider
 
+from gatehouse import settings
 from gatehouse.db import engine_for
 
 HEARTBEAT_INTERVAL_S = 2.0
@@ -20,8 +20,9 @@ class Database(DependencyProvider):
         self.engine = None
 
     def setup(self):
-        self.engine = engine_for(self.service, pool_size=10, max_overflow=10) \
-            if os.environ.get("DATABASE_URL") else engine_for(self.service)
+        # a pool as large as the worker count on PostgreSQL; SQLite takes its default
+        pool = {"pool_size": 10, "max_overflow": 10} if settings.database_url() else {}
+        self.engine = engine_for(self.service, **pool)
 
     def stop(self):
         if self.engine is not None:
@@ -40,5 +41,3 @@ class Heartbeat(DependencyProvider):
     def get_dependency(self, worker_ctx):
         return {"pid": os.getpid(), "started_at": self.started_at, "uptime_s": round(time.time() - self.started_at, 1)}
 
-
-__all__ = ["Database", "Heartbeat", "EventDispatcher", "HEARTBEAT_INTERVAL_S"]

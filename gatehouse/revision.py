@@ -2,6 +2,7 @@
 
     python -m gatehouse.revision access "add visitors"
 """
+import os
 import sys
 import tempfile
 
@@ -13,10 +14,9 @@ from gatehouse.db import engine_for, migrate, migrations_dir
 
 def main(service: str, message: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        url = None
-        import os
         os.environ["GATEHOUSE_VAR"] = tmp      # a scratch SQLite database at the current head
-        migrate(service, url)
+        os.environ.pop("DATABASE_URL", None)
+        migrate(service)
         engine = engine_for(service)
         cfg = Config()
         cfg.set_main_option("script_location", str(migrations_dir(service)))
