@@ -53,7 +53,7 @@ test: venv broker
 	$(BIN)/pytest tests
 
 test-fast: venv
-	$(BIN)/pytest tests -x -q -k "not broker_restart"
+	$(BIN)/pytest tests -x -q -m "not broker_restart"
 
 proto: venv
 	$(BIN)/python -m gatehouse.protogen

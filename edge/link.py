@@ -12,24 +12,13 @@ from collections.abc import Awaitable, Callable
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from edge.backoff import Backoff
 from edge.store import EdgeStore
 from gatehouse import __version__
 from gatehouse.edge.v1 import edge_pb2 as pb
 from gatehouse.edge.v1 import edge_pb2_grpc as pb_grpc
 
 log = logging.getLogger("edge.link")
-
-
-class Backoff:
-    def __init__(self, initial: float = 0.2, maximum: float = 5.0):
-        self.initial, self.maximum, self.delay = initial, maximum, initial
-
-    def reset(self) -> None:
-        self.delay = self.initial
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, self.maximum)
 
 
 def _event_message(e: dict) -> pb.EdgeEvent:

@@ -30,7 +30,8 @@ def stack(request, tmp_path, database, vhost_uri):
     s.migrate()
     yield s
     s.close()
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
         for path in sorted(s.logs.glob("*.log")):
             print(f"----- {path.name} -----\n{path.read_text(errors='replace')[-4000:]}")
 

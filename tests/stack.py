@@ -108,7 +108,8 @@ class Stack:
                     "EDGELINK_ADDRESS": f"127.0.0.1:{self.edgelink_port}",
                     "CONSOLE_ADDRESS": f"127.0.0.1:{self.console_port}",
                     "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-        self.env.pop("DATABASE_URL", None) if not db.url else None
+        if not db.url:    # SQLite: a DATABASE_URL from the caller's shell must not leak in
+            self.env.pop("DATABASE_URL", None)
 
     # -- processes --------------------------------------------------------------------------------
 

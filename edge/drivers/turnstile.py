@@ -33,6 +33,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
+from edge.backoff import Backoff
 from edge.profiles import DeviceProfile, Point
 
 log = logging.getLogger(__name__)
@@ -106,16 +107,12 @@ class TurnstileDriver:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
     ) -> None:
-        if not 0 < backoff_initial_s <= backoff_max_s:
-            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
         self.device_id = device_id
         self.profile = profile
         self.host = host
         self.port = port
         self._on_event = on_event
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
-        self._retry_delay_s = backoff_initial_s
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._reads = plan_register_reads({role: getattr(profile.points, role) for role in _POLLED_ROLES})
         self._client: AsyncModbusTcpClient | None = None
         self._online: bool | None = None  # None until the first connection attempt has an outcome
@@ -173,8 +170,7 @@ class TurnstileDriver:
             except Exception as exc:  # a bug must not silently end the supervision of a gate
                 log.exception("%s: driver error", self.device_id)
                 self._mark_offline(f"driver error: {exc!r}")
-            await asyncio.sleep(self._retry_delay_s)
-            self._retry_delay_s = min(self._retry_delay_s * 2, self._backoff_max_s)
+            await self._backoff.sleep()
 
     async def _connect_and_poll(self) -> None:
         client = AsyncModbusTcpClient(
@@ -322,7 +318,7 @@ class TurnstileDriver:
     # -- state and events ------------------------------------------------------------------
 
     def _mark_online(self) -> None:
-        self._retry_delay_s = self._backoff_initial_s
+        self._backoff.reset()
         self._first_outcome.set()
         if self._online is not True:
             self._online = True

@@ -261,7 +261,7 @@ class EdgeLink:
 
 
 def serve(address: str | None = None, engine=None, amqp_uri: str | None = None, workers: int | None = None):
-    """Start edgelink; returns (grpc server, EdgeLink, bound port)."""
+    """Start edgelink; returns (grpc server, EdgeLink, its bus consumer, bound port)."""
     engine = engine or engine_for("edgelink")
     amqp_uri = amqp_uri or settings.amqp_uri()
     workers = workers or int(os.environ.get("EDGELINK_WORKERS", DEFAULT_WORKERS))
@@ -279,19 +279,18 @@ def serve(address: str | None = None, engine=None, amqp_uri: str | None = None, 
     port = server.add_insecure_port(address or settings.edgelink_address())
     server.start()
     threading.Thread(target=link.background, name="edgelink-background", daemon=True).start()
-    link.consumer = consumer
-    return server, link, port
+    return server, link, consumer, port
 
 
 def main() -> None:
     logs.setup("edgelink")
-    server, link, port = serve()
+    server, link, consumer, port = serve()
     log.info("edgelink listening", extra={"address": settings.edgelink_address()})
     done = threading.Event()
 
     def stop(*_):
         link.stopping.set()
-        link.consumer.should_stop = True
+        consumer.should_stop = True
         server.stop(grace=2).wait()
         done.set()
 
