@@ -24,7 +24,7 @@ def generate(out: Path) -> list[Path]:
                 f"--grpc_python_out={out}", str(f)]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {f}")
-    return [p.relative_to(out) for p in sorted(out.rglob("*_pb2*.py*"))]
+    return [p.relative_to(out) for p in sorted((out / "gatehouse").rglob("*_pb2*.py*"))]
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgatehouse/edge/v1/edge.proto\x12\x11gatehouse.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\x95\x01\n\x0cHelloRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12*\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x19.gatehouse.edge.v1.Device\x12.\n\nagent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\nHelloReply\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elatest_version\x18\x03 \x01(\x04\x12\r\n\x05\x65poch\x18\x04 \x01(\t\"<\n\x0bSyncRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05\x65poch\x18\x03 \x01(\t\"\x94\x01\n\nCredential\x12\x13\n\x0b\x63\x61rd_number\x18\x01 \x01(\t\x12\x11\n\tperson_id\x18\x02 \x01(\t\x12\x13\n\x0bperson_name\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nvalid_from\x18\x05 \x01(\x03\x12\x13\n\x0bvalid_until\x18\x06 \x01(\x03\x12\x10\n\x08gate_ids\x18\x07 \x03(\t\"V\n\x06\x43hange\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x33\n\ncredential\x18\x02 \x01(\x0b\x32\x1d.gatehouse.edge.v1.CredentialH\x00\x42\x06\n\x04item\"i\n\tSyncBatch\x12*\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x19.gatehouse.edge.v1.Change\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x11\n\tcaught_up\x18\x03 \x01(\x08\x12\r\n\x05\x65poch\x18\x04 \x01(\t\"\x9a\x02\n\tEdgeEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\ndevice_seq\x18\x05 \x01(\x04\x12/\n\x0b\x64\x65vice_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07offline\x18\x07 \x01(\x08\x12@\n\nattributes\x18\x08 \x03(\x0b\x32,.gatehouse.edge.v1.EdgeEvent.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\nEventBatch\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.gatehouse.edge.v1.EdgeEvent\"W\n\x08\x45ventAck\x12\x1a\n\x12\x61\x63\x63\x65pted_event_ids\x18\x01 \x03(\t\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0f\x43ommandsRequest\"\x91\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x14\n\x0crequested_by\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12-\n\tissued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xb5\x02\n\x08\x45\x64geLink\x12G\n\x05Hello\x12\x1f.gatehouse.edge.v1.HelloRequest\x1a\x1d.gatehouse.edge.v1.HelloReply\x12\x46\n\x04Sync\x12\x1e.gatehouse.edge.v1.SyncRequest\x1a\x1c.gatehouse.edge.v1.SyncBatch0\x01\x12J\n\x0cReportEvents\x12\x1d.gatehouse.edge.v1.EventBatch\x1a\x1b.gatehouse.edge.v1.EventAck\x12L\n\x08\x43ommands\x12\".gatehouse.edge.v1.CommandsRequest\x1a\x1a.gatehouse.edge.v1.Command0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgatehouse/edge/v1/edge.proto\x12\x11gatehouse.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"\x95\x01\n\x0cHelloRequest\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12*\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x19.gatehouse.edge.v1.Device\x12.\n\nagent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\nHelloReply\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0elatest_version\x18\x03 \x01(\x04\x12\r\n\x05\x65poch\x18\x04 \x01(\t\"<\n\x0bSyncRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05\x65poch\x18\x03 \x01(\t\"\xdc\x01\n\nCredential\x12\x13\n\x0b\x63\x61rd_number\x18\x01 \x01(\t\x12\x11\n\tperson_id\x18\x02 \x01(\t\x12\x13\n\x0bperson_name\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nvalid_from\x18\x05 \x01(\x03\x12\x13\n\x0bvalid_until\x18\x06 \x01(\x03\x12\x10\n\x08gate_ids\x18\x07 \x03(\t\x12\x11\n\tgroup_ids\x18\x08 \x03(\t\x12\x13\n\x0bperson_kind\x18\t \x01(\t\x12\x10\n\x08max_uses\x18\n \x01(\r\x12\x0c\n\x04uses\x18\x0b \x01(\r\"J\n\x0b\x41\x63\x63\x65ssGroup\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x10\n\x08gate_ids\x18\x02 \x03(\t\x12\x17\n\x0ftime_profile_id\x18\x03 \x01(\t\"?\n\x06Period\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\r\x12\x14\n\x0cstart_minute\x18\x02 \x01(\r\x12\x12\n\nend_minute\x18\x03 \x01(\r\"M\n\x0bTimeProfile\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12*\n\x07periods\x18\x02 \x03(\x0b\x32\x19.gatehouse.edge.v1.Period\"\x8a\x01\n\x04Zone\x12\x0f\n\x07zone_id\x18\x01 \x01(\t\x12\x15\n\ranti_passback\x18\x02 \x01(\t\x12\x15\n\rtimed_minutes\x18\x03 \x01(\r\x12\x14\n\x0creset_minute\x18\x04 \x01(\r\x12\x16\n\x0e\x65ntry_gate_ids\x18\x05 \x03(\t\x12\x15\n\rexit_gate_ids\x18\x06 \x03(\t\"+\n\x05QrKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\"\x8a\x01\n\x0cSiteSettings\x12\x10\n\x08timezone\x18\x01 \x01(\t\x12\x10\n\x08holidays\x18\x02 \x03(\t\x12\x11\n\temergency\x18\x03 \x01(\x08\x12\x18\n\x10\x65mergency_reason\x18\x04 \x01(\t\x12)\n\x07qr_keys\x18\x05 \x03(\x0b\x32\x18.gatehouse.edge.v1.QrKey\"$\n\x07Removed\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xcc\x02\n\x06\x43hange\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x33\n\ncredential\x18\x02 \x01(\x0b\x32\x1d.gatehouse.edge.v1.CredentialH\x00\x12/\n\x05group\x18\x03 \x01(\x0b\x32\x1e.gatehouse.edge.v1.AccessGroupH\x00\x12\x36\n\x0ctime_profile\x18\x04 \x01(\x0b\x32\x1e.gatehouse.edge.v1.TimeProfileH\x00\x12\'\n\x04zone\x18\x05 \x01(\x0b\x32\x17.gatehouse.edge.v1.ZoneH\x00\x12\x33\n\x08settings\x18\x06 \x01(\x0b\x32\x1f.gatehouse.edge.v1.SiteSettingsH\x00\x12-\n\x07removed\x18\x07 \x01(\x0b\x32\x1a.gatehouse.edge.v1.RemovedH\x00\x42\x06\n\x04item\"i\n\tSyncBatch\x12*\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x19.gatehouse.edge.v1.Change\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x11\n\tcaught_up\x18\x03 \x01(\x08\x12\r\n\x05\x65poch\x18\x04 \x01(\t\"\x9a\x02\n\tEdgeEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\ndevice_seq\x18\x05 \x01(\x04\x12/\n\x0b\x64\x65vice_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07offline\x18\x07 \x01(\x08\x12@\n\nattributes\x18\x08 \x03(\x0b\x32,.gatehouse.edge.v1.EdgeEvent.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\nEventBatch\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.gatehouse.edge.v1.EdgeEvent\"W\n\x08\x45ventAck\x12\x1a\n\x12\x61\x63\x63\x65pted_event_ids\x18\x01 \x03(\t\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x11\n\x0f\x43ommandsRequest\"\x91\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07gate_id\x18\x03 \x01(\t\x12\x14\n\x0crequested_by\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12-\n\tissued_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xb5\x02\n\x08\x45\x64geLink\x12G\n\x05Hello\x12\x1f.gatehouse.edge.v1.HelloRequest\x1a\x1d.gatehouse.edge.v1.HelloReply\x12\x46\n\x04Sync\x12\x1e.gatehouse.edge.v1.SyncRequest\x1a\x1c.gatehouse.edge.v1.SyncBatch0\x01\x12J\n\x0cReportEvents\x12\x1d.gatehouse.edge.v1.EventBatch\x1a\x1b.gatehouse.edge.v1.EventAck\x12L\n\x08\x43ommands\x12\".gatehouse.edge.v1.CommandsRequest\x1a\x1a.gatehouse.edge.v1.Command0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNCREQUEST']._serialized_start=430
   _globals['_SYNCREQUEST']._serialized_end=490
   _globals['_CREDENTIAL']._serialized_start=493
-  _globals['_CREDENTIAL']._serialized_end=641
-  _globals['_CHANGE']._serialized_start=643
-  _globals['_CHANGE']._serialized_end=729
-  _globals['_SYNCBATCH']._serialized_start=731
-  _globals['_SYNCBATCH']._serialized_end=836
-  _globals['_EDGEEVENT']._serialized_start=839
-  _globals['_EDGEEVENT']._serialized_end=1121
-  _globals['_EDGEEVENT_ATTRIBUTESENTRY']._serialized_start=1072
-  _globals['_EDGEEVENT_ATTRIBUTESENTRY']._serialized_end=1121
-  _globals['_EVENTBATCH']._serialized_start=1123
-  _globals['_EVENTBATCH']._serialized_end=1181
-  _globals['_EVENTACK']._serialized_start=1183
-  _globals['_EVENTACK']._serialized_end=1270
-  _globals['_COMMANDSREQUEST']._serialized_start=1272
-  _globals['_COMMANDSREQUEST']._serialized_end=1289
-  _globals['_COMMAND']._serialized_start=1292
-  _globals['_COMMAND']._serialized_end=1437
-  _globals['_EDGELINK']._serialized_start=1440
-  _globals['_EDGELINK']._serialized_end=1749
+  _globals['_CREDENTIAL']._serialized_end=713
+  _globals['_ACCESSGROUP']._serialized_start=715
+  _globals['_ACCESSGROUP']._serialized_end=789
+  _globals['_PERIOD']._serialized_start=791
+  _globals['_PERIOD']._serialized_end=854
+  _globals['_TIMEPROFILE']._serialized_start=856
+  _globals['_TIMEPROFILE']._serialized_end=933
+  _globals['_ZONE']._serialized_start=936
+  _globals['_ZONE']._serialized_end=1074
+  _globals['_QRKEY']._serialized_start=1076
+  _globals['_QRKEY']._serialized_end=1119
+  _globals['_SITESETTINGS']._serialized_start=1122
+  _globals['_SITESETTINGS']._serialized_end=1260
+  _globals['_REMOVED']._serialized_start=1262
+  _globals['_REMOVED']._serialized_end=1298
+  _globals['_CHANGE']._serialized_start=1301
+  _globals['_CHANGE']._serialized_end=1633
+  _globals['_SYNCBATCH']._serialized_start=1635
+  _globals['_SYNCBATCH']._serialized_end=1740
+  _globals['_EDGEEVENT']._serialized_start=1743
+  _globals['_EDGEEVENT']._serialized_end=2025
+  _globals['_EDGEEVENT_ATTRIBUTESENTRY']._serialized_start=1976
+  _globals['_EDGEEVENT_ATTRIBUTESENTRY']._serialized_end=2025
+  _globals['_EVENTBATCH']._serialized_start=2027
+  _globals['_EVENTBATCH']._serialized_end=2085
+  _globals['_EVENTACK']._serialized_start=2087
+  _globals['_EVENTACK']._serialized_end=2174
+  _globals['_COMMANDSREQUEST']._serialized_start=2176
+  _globals['_COMMANDSREQUEST']._serialized_end=2193
+  _globals['_COMMAND']._serialized_start=2196
+  _globals['_COMMAND']._serialized_end=2341
+  _globals['_EDGELINK']._serialized_start=2344
+  _globals['_EDGELINK']._serialized_end=2653
 # @@protoc_insertion_point(module_scope)

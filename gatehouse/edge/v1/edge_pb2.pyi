@@ -56,7 +56,7 @@ class SyncRequest(_message.Message):
     def __init__(self, cursor: _Optional[int] = ..., follow: _Optional[bool] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class Credential(_message.Message):
-    __slots__ = ("card_number", "person_id", "person_name", "status", "valid_from", "valid_until", "gate_ids")
+    __slots__ = ("card_number", "person_id", "person_name", "status", "valid_from", "valid_until", "gate_ids", "group_ids", "person_kind", "max_uses", "uses")
     CARD_NUMBER_FIELD_NUMBER: _ClassVar[int]
     PERSON_ID_FIELD_NUMBER: _ClassVar[int]
     PERSON_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,10 @@ class Credential(_message.Message):
     VALID_FROM_FIELD_NUMBER: _ClassVar[int]
     VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
     GATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_IDS_FIELD_NUMBER: _ClassVar[int]
+    PERSON_KIND_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
     card_number: str
     person_id: str
     person_name: str
@@ -71,15 +75,103 @@ class Credential(_message.Message):
     valid_from: int
     valid_until: int
     gate_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, card_number: _Optional[str] = ..., person_id: _Optional[str] = ..., person_name: _Optional[str] = ..., status: _Optional[str] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., gate_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    group_ids: _containers.RepeatedScalarFieldContainer[str]
+    person_kind: str
+    max_uses: int
+    uses: int
+    def __init__(self, card_number: _Optional[str] = ..., person_id: _Optional[str] = ..., person_name: _Optional[str] = ..., status: _Optional[str] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., gate_ids: _Optional[_Iterable[str]] = ..., group_ids: _Optional[_Iterable[str]] = ..., person_kind: _Optional[str] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ...) -> None: ...
+
+class AccessGroup(_message.Message):
+    __slots__ = ("group_id", "gate_ids", "time_profile_id")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    GATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    TIME_PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    gate_ids: _containers.RepeatedScalarFieldContainer[str]
+    time_profile_id: str
+    def __init__(self, group_id: _Optional[str] = ..., gate_ids: _Optional[_Iterable[str]] = ..., time_profile_id: _Optional[str] = ...) -> None: ...
+
+class Period(_message.Message):
+    __slots__ = ("day", "start_minute", "end_minute")
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    START_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    END_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    day: int
+    start_minute: int
+    end_minute: int
+    def __init__(self, day: _Optional[int] = ..., start_minute: _Optional[int] = ..., end_minute: _Optional[int] = ...) -> None: ...
+
+class TimeProfile(_message.Message):
+    __slots__ = ("profile_id", "periods")
+    PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    profile_id: str
+    periods: _containers.RepeatedCompositeFieldContainer[Period]
+    def __init__(self, profile_id: _Optional[str] = ..., periods: _Optional[_Iterable[_Union[Period, _Mapping]]] = ...) -> None: ...
+
+class Zone(_message.Message):
+    __slots__ = ("zone_id", "anti_passback", "timed_minutes", "reset_minute", "entry_gate_ids", "exit_gate_ids")
+    ZONE_ID_FIELD_NUMBER: _ClassVar[int]
+    ANTI_PASSBACK_FIELD_NUMBER: _ClassVar[int]
+    TIMED_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    RESET_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_GATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXIT_GATE_IDS_FIELD_NUMBER: _ClassVar[int]
+    zone_id: str
+    anti_passback: str
+    timed_minutes: int
+    reset_minute: int
+    entry_gate_ids: _containers.RepeatedScalarFieldContainer[str]
+    exit_gate_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, zone_id: _Optional[str] = ..., anti_passback: _Optional[str] = ..., timed_minutes: _Optional[int] = ..., reset_minute: _Optional[int] = ..., entry_gate_ids: _Optional[_Iterable[str]] = ..., exit_gate_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QrKey(_message.Message):
+    __slots__ = ("key_id", "public_key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    public_key: bytes
+    def __init__(self, key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+
+class SiteSettings(_message.Message):
+    __slots__ = ("timezone", "holidays", "emergency", "emergency_reason", "qr_keys")
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    HOLIDAYS_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_FIELD_NUMBER: _ClassVar[int]
+    EMERGENCY_REASON_FIELD_NUMBER: _ClassVar[int]
+    QR_KEYS_FIELD_NUMBER: _ClassVar[int]
+    timezone: str
+    holidays: _containers.RepeatedScalarFieldContainer[str]
+    emergency: bool
+    emergency_reason: str
+    qr_keys: _containers.RepeatedCompositeFieldContainer[QrKey]
+    def __init__(self, timezone: _Optional[str] = ..., holidays: _Optional[_Iterable[str]] = ..., emergency: _Optional[bool] = ..., emergency_reason: _Optional[str] = ..., qr_keys: _Optional[_Iterable[_Union[QrKey, _Mapping]]] = ...) -> None: ...
+
+class Removed(_message.Message):
+    __slots__ = ("kind", "key")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    key: str
+    def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("version", "credential")
+    __slots__ = ("version", "credential", "group", "time_profile", "zone", "settings", "removed")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    TIME_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
     version: int
     credential: Credential
-    def __init__(self, version: _Optional[int] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ...) -> None: ...
+    group: AccessGroup
+    time_profile: TimeProfile
+    zone: Zone
+    settings: SiteSettings
+    removed: Removed
+    def __init__(self, version: _Optional[int] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ..., group: _Optional[_Union[AccessGroup, _Mapping]] = ..., time_profile: _Optional[_Union[TimeProfile, _Mapping]] = ..., zone: _Optional[_Union[Zone, _Mapping]] = ..., settings: _Optional[_Union[SiteSettings, _Mapping]] = ..., removed: _Optional[_Union[Removed, _Mapping]] = ...) -> None: ...
 
 class SyncBatch(_message.Message):
     __slots__ = ("changes", "cursor", "caught_up", "epoch")
