@@ -67,11 +67,17 @@ class TurnstilePoints(_Section):
     """0 means no fault; any other value is the vendor's fault code."""
     emergency_input: BinaryInputPoint | None = None
     """1 while the fire-alarm / emergency release input is active."""
+    door_open: BinaryInputPoint | None = None
+    """1 while the arm / door is out of its home position (held open for ``timing.held_open_s`` is an alarm)."""
+    free_exit: CoilPoint | None = None
+    """Writing 1 lets the turnstile turn freely in the exit direction (fire evacuation); 0 is normal."""
 
 
 class Timing(_Section):
     unlock_pulse_ms: int = Field(default=5000, ge=100, le=60000)
     poll_interval_ms: int = Field(default=100, ge=10, le=5000)
+    held_open_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    """How long ``door_open`` may stay 1 before the driver reports ``door_held_open``."""
 
 
 class SimulationPoints(_Section):
@@ -83,6 +89,14 @@ class SimulationPoints(_Section):
     """Writing 1 forces the turnstile; reads back as 0."""
     unlock_count: InputRegisterPoint
     """Counts rising edges of the unlock coil, so a test can read back that an unlock was pulsed."""
+    door_open_trigger: CoilPoint | None = None
+    """Writing 1 / 0 sets ``points.door_open`` to 1 / 0; reads back as the value set."""
+    emergency_trigger: CoilPoint | None = None
+    """Writing 1 / 0 sets ``points.emergency_input`` to 1 / 0; reads back as the value set."""
+
+
+# A simulation trigger drives one of the device's points, which the profile must then have.
+_TRIGGER_TARGETS = {"door_open_trigger": "door_open", "emergency_trigger": "emergency_input"}
 
 
 class DeviceProfile(_Section):
@@ -121,6 +135,19 @@ class DeviceProfile(_Section):
                     {"name": name, "table": point.table, "address": point.address, "other": owner[key]},
                 )
             owner[key] = name
+        return self
+
+    @model_validator(mode="after")
+    def _triggers_have_their_points(self) -> DeviceProfile:
+        if self.simulation is None:
+            return self
+        for trigger, target in _TRIGGER_TARGETS.items():
+            if getattr(self.simulation, trigger) is not None and getattr(self.points, target) is None:
+                raise PydanticCustomError(
+                    "trigger_without_point",
+                    "simulation.{trigger}: needs points.{target}, which the profile does not have",
+                    {"trigger": trigger, "target": target},
+                )
         return self
 
 

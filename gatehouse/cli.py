@@ -239,6 +239,24 @@ def sim_fault(port, host, profile, code):
     _drive_sim(port, host, profile, lambda h, p, prof: set_fault(h, p, prof, code))
 
 
+@sim.command("door")
+@_with_sim_options
+@click.option("--open/--closed", "is_open", required=True, help="Arm / door out of or back in its home position.")
+def sim_door(port, host, profile, is_open):
+    """Open (--open) or close (--closed) the arm / door."""
+    from edge.sim.turnstile import set_door_open
+    _drive_sim(port, host, profile, lambda h, p, prof: set_door_open(h, p, prof, is_open))
+
+
+@sim.command("emergency")
+@_with_sim_options
+@click.option("--on/--off", "active", required=True, help="Fire panel's emergency input active or released.")
+def sim_emergency(port, host, profile, active):
+    """Activate (--on) or release (--off) the emergency input."""
+    from edge.sim.turnstile import set_emergency
+    _drive_sim(port, host, profile, lambda h, p, prof: set_emergency(h, p, prof, active))
+
+
 @sim.command("state")
 @_with_sim_options
 def sim_state(port, host, profile):

@@ -26,7 +26,14 @@ from edge.drivers.turnstile import (
     plan_register_reads,
 )
 from edge.profiles import PROFILES_DIR, DeviceProfile, ProfileError, load_profile
-from edge.sim.turnstile import TurnstileSimulator, read_state, set_fault, trigger
+from edge.sim.turnstile import (
+    TurnstileSimulator,
+    read_state,
+    set_door_open,
+    set_emergency,
+    set_fault,
+    trigger,
+)
 
 HOST = "127.0.0.1"
 SHIPPED = PROFILES_DIR / "turnstile-generic.yaml"
@@ -46,11 +53,18 @@ def free_port() -> int:
 
 
 def tuned(
-    pulse_ms: int = 3000, poll_ms: int = 20, timeout_s: float = 0.5, points: dict | None = None
+    pulse_ms: int = 3000,
+    poll_ms: int = 20,
+    timeout_s: float = 0.5,
+    points: dict | None = None,
+    held_open_s: float = 10.0,
 ) -> DeviceProfile:
     """The shipped profile with test-friendly timing (and optionally other points)."""
     data = load_profile(SHIPPED).model_dump()
-    data.update(timeout_s=timeout_s, timing={"unlock_pulse_ms": pulse_ms, "poll_interval_ms": poll_ms})
+    data.update(
+        timeout_s=timeout_s,
+        timing={"unlock_pulse_ms": pulse_ms, "poll_interval_ms": poll_ms, "held_open_s": held_open_s},
+    )
     if points:
         data["points"].update(points)
     return DeviceProfile.model_validate(data)
@@ -125,6 +139,16 @@ class Rig:
     async def trigger(self, what: str) -> None:
         await trigger(HOST, self.port, self.profile, what)
 
+    async def door(self, is_open: bool) -> None:
+        await set_door_open(HOST, self.port, self.profile, is_open)
+
+    async def emergency(self, active: bool) -> None:
+        await set_emergency(HOST, self.port, self.profile, active)
+
+    def kinds(self, *kinds: str) -> list[tuple[str, dict[str, str]]]:
+        """The events of these kinds, in the order reported."""
+        return [(kind, attributes) for kind, attributes in self.events.seen if kind in kinds]
+
 
 @asynccontextmanager
 async def rig(
@@ -165,11 +189,34 @@ def test_shipped_profile_loads():
     assert (points.forced_count.table, points.forced_count.address) == ("input_register", 1)
     assert (points.fault_code.table, points.fault_code.address) == ("holding_register", 0)
     assert (points.emergency_input.table, points.emergency_input.address) == ("discrete_input", 0)
-    assert (profile.timing.unlock_pulse_ms, profile.timing.poll_interval_ms) == (3000, 50)
+    assert (points.door_open.table, points.door_open.address) == ("discrete_input", 1)
+    assert (points.free_exit.table, points.free_exit.address) == ("coil", 2)
+    timing = profile.timing
+    assert (timing.unlock_pulse_ms, timing.poll_interval_ms, timing.held_open_s) == (3000, 50, 10.0)
     simulation = profile.simulation
     assert (simulation.passage_trigger.table, simulation.passage_trigger.address) == ("coil", 100)
     assert (simulation.forced_trigger.table, simulation.forced_trigger.address) == ("coil", 101)
     assert (simulation.unlock_count.table, simulation.unlock_count.address) == ("input_register", 10)
+    assert (simulation.door_open_trigger.table, simulation.door_open_trigger.address) == ("coil", 102)
+    assert (simulation.emergency_trigger.table, simulation.emergency_trigger.address) == ("coil", 103)
+
+
+def _without_alarm_points(data: dict) -> dict:
+    for role in ("emergency_input", "door_open", "free_exit"):
+        del data["points"][role]
+    for role in ("door_open_trigger", "emergency_trigger"):
+        del data["simulation"][role]
+    del data["timing"]["held_open_s"]
+    return data
+
+
+def test_profile_without_the_optional_points_is_valid():
+    profile = DeviceProfile.model_validate(_without_alarm_points(_shipped_data()))
+
+    points = profile.points
+    assert (points.emergency_input, points.door_open, points.free_exit) == (None, None, None)
+    assert (profile.simulation.door_open_trigger, profile.simulation.emergency_trigger) == (None, None)
+    assert profile.timing.held_open_s == 10.0
 
 
 def _shipped_data() -> dict:
@@ -200,6 +247,22 @@ def _with_unit_out_of_range(data):
     data["unit"] = 248
 
 
+def _with_held_open_s_zero(data):
+    data["timing"]["held_open_s"] = 0
+
+
+def _with_held_open_s_as_text(data):
+    data["timing"]["held_open_s"] = "10s"
+
+
+def _with_free_exit_in_discrete_input(data):
+    data["points"]["free_exit"]["table"] = "discrete_input"
+
+
+def _with_door_trigger_but_no_door_open(data):
+    del data["points"]["door_open"]
+
+
 @pytest.mark.parametrize(
     ("change", "field", "message"),
     [
@@ -213,6 +276,14 @@ def _with_unit_out_of_range(data):
         ),
         (_with_duplicate_point, "simulation.forced_trigger", "coil 0 is already used by points.unlock"),
         (_with_unit_out_of_range, "unit", "Input should be less than or equal to 247"),
+        (_with_held_open_s_zero, "timing.held_open_s", "Input should be greater than 0"),
+        (_with_held_open_s_as_text, "timing.held_open_s", "Input should be a valid number"),
+        (_with_free_exit_in_discrete_input, "points.free_exit.table", "Input should be 'coil'"),
+        (
+            _with_door_trigger_but_no_door_open,
+            "simulation.door_open_trigger",
+            "needs points.door_open, which the profile does not have",
+        ),
     ],
     ids=lambda value: value.__name__.strip("_") if callable(value) else None,
 )
@@ -276,6 +347,13 @@ def test_polled_points_are_read_in_as_few_requests_as_possible():
     ]
 
 
+def test_polled_inputs_are_read_in_one_request():
+    points = load_profile(SHIPPED).points
+    reads = plan_register_reads({role: getattr(points, role) for role in ("door_open", "emergency_input")})
+
+    assert reads == [RegisterRead("discrete_input", 0, ("emergency_input", "door_open"))]
+
+
 # -- simulator and driver over Modbus TCP --------------------------------------------------
 
 
@@ -296,6 +374,9 @@ def test_simulator_relocks_by_itself_after_its_pulse():
                 "forced_count": 0,
                 "fault_code": 0,
                 "unlock_count": 1,
+                "free_exit": False,
+                "door_open": False,
+                "emergency_input": False,
             }
             await state_when(port, profile, lambda state: not state["unlocked"], timeout_s=2.0)
             assert time.monotonic() - unlocked_at >= 0.28
@@ -590,5 +671,233 @@ def test_silent_turnstile_times_out_without_slowing_another():
             await silent.stop()
             silent_server.close()
             await silent_server.wait_closed()
+
+    run(scenario())
+
+
+# -- emergency input, held-open door and free exit -----------------------------------------
+
+
+def test_simulator_inputs_follow_their_triggers_and_keep_their_level_over_a_restart():
+    profile = tuned()
+
+    async def scenario():
+        port = free_port()
+        simulator = TurnstileSimulator(profile, HOST, port)
+        await simulator.start()
+        try:
+            await set_door_open(HOST, port, profile, True)
+            await set_emergency(HOST, port, profile, True)
+            async with modbus_client(port) as client:
+                assert not (await client.write_coil(2, True, device_id=profile.unit)).isError()  # free_exit
+                inputs = await client.read_discrete_inputs(0, count=2, device_id=profile.unit)
+                triggers = await client.read_coils(102, count=2, device_id=profile.unit)
+            assert inputs.bits[:2] == [True, True]
+            assert triggers.bits[:2] == [True, True]  # level triggers read back as set
+            state = await read_state(HOST, port, profile)
+            assert (state["door_open"], state["emergency_input"], state["free_exit"]) == (True, True, True)
+
+            await simulator.stop()  # power cycle: wired inputs keep their level, coils start at 0
+            await simulator.start()
+            state = await read_state(HOST, port, profile)
+            assert (state["door_open"], state["emergency_input"], state["free_exit"]) == (True, True, False)
+
+            await set_door_open(HOST, port, profile, False)
+            await set_emergency(HOST, port, profile, False)
+            state = await read_state(HOST, port, profile)
+            assert (state["door_open"], state["emergency_input"]) == (False, False)
+        finally:
+            await simulator.stop()
+
+    run(scenario())
+
+
+def test_emergency_input_changes_are_reported():
+    async def scenario():
+        async with rig(tuned()) as ts:
+            await ts.emergency(True)
+            await ts.events.wait_for("emergency_input_on")
+            assert await ts.driver.read_emergency() is True
+            await ts.emergency(False)
+            await ts.events.wait_for("emergency_input_off")
+            await ts.emergency(True)
+            await ts.events.wait_for("emergency_input_on", count=2)
+            await let_driver_poll(ts.profile)
+
+            assert ts.kinds("emergency_input_on", "emergency_input_off") == [
+                ("emergency_input_on", {}),
+                ("emergency_input_off", {}),
+                ("emergency_input_on", {}),
+            ]
+
+    run(scenario())
+
+
+def test_emergency_input_active_at_first_connection_is_reported_once():
+    profile = tuned()
+
+    async def scenario():
+        port = free_port()
+        simulator = TurnstileSimulator(profile, HOST, port)
+        await simulator.start()
+        events = Events()
+        driver = TurnstileDriver(
+            "ts-fire", profile, HOST, port, events, backoff_initial_s=0.05, backoff_max_s=0.2
+        )
+        try:
+            await set_emergency(HOST, port, profile, True)  # the fire panel tripped before the agent started
+            await driver.start()
+            await events.wait_for("emergency_input_on")
+            assert [kind for kind, _ in events.seen] == ["device_online", "emergency_input_on"]
+
+            await simulator.stop()  # the controller restarts; its input is still active
+            await events.wait_for("device_offline")
+            await simulator.start()
+            await events.wait_for("device_online", count=2)
+            await let_driver_poll(profile)
+            assert events.count("emergency_input_on") == 1  # unchanged across the reconnection
+
+            await set_emergency(HOST, port, profile, False)
+            await events.wait_for("emergency_input_off")
+        finally:
+            await driver.stop()
+            await simulator.stop()
+
+    run(scenario())
+
+
+def test_door_held_open_is_reported_once_then_its_closing():
+    profile = tuned(held_open_s=0.3)
+
+    async def scenario():
+        async with rig(profile) as ts:
+            await ts.door(True)
+            opened_at = time.monotonic()
+            await ts.events.wait_for("door_held_open")
+            assert time.monotonic() - opened_at >= 0.3
+            held_s = float(ts.events.of("door_held_open")[0]["held_s"])
+            assert 0.3 <= held_s < 0.6
+            await let_driver_poll(profile)
+            assert ts.events.count("door_held_open") == 1  # once per opening, not once per poll
+
+            await ts.door(False)
+            await ts.events.wait_for("door_closed")
+            await let_driver_poll(profile)
+            assert ts.kinds("door_held_open", "door_closed") == [
+                ("door_held_open", {"held_s": ts.events.of("door_held_open")[0]["held_s"]}),
+                ("door_closed", {"held_s": ts.events.of("door_closed")[0]["held_s"]}),
+            ]
+            assert float(ts.events.of("door_closed")[0]["held_s"]) >= held_s
+
+    run(scenario())
+
+
+def test_short_door_openings_report_nothing():
+    # Two openings of 0.25 s each: longer than held_open_s together, but neither on its own.
+    profile = tuned(held_open_s=0.4)
+
+    async def scenario():
+        async with rig(profile) as ts:
+            for _ in range(2):
+                await ts.door(True)
+                await asyncio.sleep(0.25)
+                await ts.door(False)
+                await let_driver_poll(profile)
+
+            assert ts.kinds("door_held_open", "door_closed") == []
+
+    run(scenario())
+
+
+def test_free_exit_lets_a_passage_through_while_locked():
+    async def scenario():
+        async with rig(tuned()) as ts:
+            assert ts.driver.free_exit is False
+            await ts.driver.set_free_exit(True)
+            assert ts.driver.free_exit is True
+            state = await ts.state()
+            assert (state["free_exit"], state["unlocked"]) == (True, False)
+
+            await ts.trigger("passage")  # someone walks out, nobody unlocked
+            assert (await ts.state())["passage_count"] == 1
+            await ts.events.wait_for("passage")
+
+            await ts.driver.set_free_exit(False)
+            assert ts.driver.free_exit is False
+            await ts.trigger("passage")
+            state = await ts.state()
+            assert (state["free_exit"], state["passage_count"]) == (False, 1)  # blocked again
+            await let_driver_poll(ts.profile)
+            assert ts.events.count("passage") == 1
+
+    run(scenario())
+
+
+def test_free_exit_is_written_again_after_the_controller_restarts():
+    async def scenario():
+        async with rig(tuned()) as ts:
+            await ts.driver.set_free_exit(True)
+            await ts.simulator.stop()  # the controller reboots mid-evacuation; its coils come back 0
+            await ts.events.wait_for("device_offline")
+            await ts.simulator.start()
+
+            await ts.events.wait_for("device_online", count=2)
+            assert (await ts.state())["free_exit"] is True  # written before device_online
+            await ts.trigger("passage")
+            assert (await ts.state())["passage_count"] == 1
+
+    run(scenario())
+
+
+def test_set_free_exit_on_unreachable_turnstile_raises_and_is_applied_on_connection():
+    profile = tuned()
+
+    async def scenario():
+        port = free_port()
+        events = Events()
+        driver = TurnstileDriver(
+            "ts-away", profile, HOST, port, events, backoff_initial_s=0.05, backoff_max_s=0.1
+        )
+        await driver.start()
+        simulator = TurnstileSimulator(profile, HOST, port)
+        try:
+            await events.wait_for("device_offline")
+            started = time.monotonic()
+            with pytest.raises(DeviceOffline):
+                await driver.set_free_exit(True)
+            assert time.monotonic() - started < 1.0
+            assert driver.free_exit is True  # remembered for when the controller comes back
+
+            await simulator.start()
+            await events.wait_for("device_online")
+            assert (await read_state(HOST, port, profile))["free_exit"] is True
+        finally:
+            await driver.stop()
+            await simulator.stop()
+
+    run(scenario())
+
+
+def test_turnstile_without_the_optional_points():
+    profile = DeviceProfile.model_validate(_without_alarm_points(tuned().model_dump()))
+
+    async def scenario():
+        async with rig(profile) as ts:
+            with pytest.raises(LookupError, match="no free_exit"):
+                await ts.driver.set_free_exit(True)
+            with pytest.raises(LookupError, match="no emergency_input"):
+                await ts.driver.read_emergency()
+            with pytest.raises(ProfileError, match="no simulation.door_open_trigger"):
+                await ts.door(True)
+            assert ts.driver.free_exit is False
+            assert set(await ts.state()) == {
+                "unlocked",
+                "passage_count",
+                "forced_count",
+                "fault_code",
+                "unlock_count",
+            }
+            await ts.trigger("forced")  # polling goes on as before
+            await ts.events.wait_for("door_forced")
 
     run(scenario())

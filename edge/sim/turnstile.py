@@ -11,7 +11,15 @@ Behaviour (the controller's own firmware rules, which the edge agent must not re
 - ``passage_trigger`` <- 1: if unlocked, ``passage_count`` += 1 and the coil relocks at once;
   if locked, the arms block and nothing is counted.
 - ``forced_trigger`` <- 1: ``forced_count`` += 1.
-- Triggers read back as 0; counters wrap at 65536; ``fault_code`` is a plain register.
+- ``free_exit`` coil <- 1: the turnstile turns freely in the exit direction, so a
+  ``passage_trigger`` counts a passage even while locked (the lock is left as it is); <- 0: normal.
+- ``door_open_trigger`` <- 1 / 0 sets the ``door_open`` input to 1 / 0, ``emergency_trigger``
+  <- 1 / 0 sets ``emergency_input``; both read back as the value set.
+- ``passage_trigger`` and ``forced_trigger`` read back as 0; counters wrap at 65536;
+  ``fault_code`` is a plain register.
+- ``stop()`` then ``start()`` is a power cycle: coils (unlock, free_exit), counters and the fault
+  code start at 0 again, while the inputs (``door_open``, ``emergency_input``) keep their level,
+  as wired inputs do.
 
 The simulator is a real pymodbus 3.16 server. Its datastore is a ``SimDevice`` with one block
 list per table; the ``action=`` hook sees every request before the datastore applies it, which
@@ -19,8 +27,8 @@ is where client writes become turnstile behaviour. The simulator's own reads and
 ``ModbusTcpServer.async_getValues/async_setValues`` with each table's read function code, so they
 never look like client writes to the hook.
 
-The control helpers at the bottom (``trigger``, ``set_fault``, ``read_state``) talk to a running
-simulator over Modbus TCP, like any other client would.
+The control helpers at the bottom (``trigger``, ``set_fault``, ``set_door_open``, ``set_emergency``,
+``read_state``) talk to a running simulator over Modbus TCP, like any other client would.
 """
 
 from __future__ import annotations
@@ -65,6 +73,9 @@ class TurnstileSimulator:
         self._sim: SimulationPoints = profile.simulation
         self._server: ModbusTcpServer | None = None
         self._unlocked = False
+        self._free_exit = False
+        self._door_open = False  # inputs: levels that survive a restart of the simulator
+        self._emergency = False
         self._relock_task: asyncio.Task | None = None
         points = profile.points
         self._coil_handlers: dict[int, Callable[[bool], Awaitable[bool]]] = {
@@ -72,6 +83,14 @@ class TurnstileSimulator:
             self._sim.passage_trigger.address: self._passage_triggered,
             self._sim.forced_trigger.address: self._forced_triggered,
         }
+        optional_handlers = (
+            (points.free_exit, self._free_exit_written),
+            (self._sim.door_open_trigger, self._door_open_triggered),
+            (self._sim.emergency_trigger, self._emergency_triggered),
+        )
+        for point, handler in optional_handlers:
+            if point is not None:
+                self._coil_handlers[point.address] = handler
 
     @property
     def name(self) -> str:
@@ -82,6 +101,7 @@ class TurnstileSimulator:
         if self._server is not None:
             raise RuntimeError(f"{self.name} is already running")
         self._unlocked = False
+        self._free_exit = False
         server = ModbusTcpServer(self._build_device(), address=(self.host, self.port))
         try:
             await server.serve_forever(background=True)
@@ -101,10 +121,12 @@ class TurnstileSimulator:
         log.info("%s: stopped", self.name)
 
     def _build_device(self) -> SimDevice:
+        levels = self._input_levels()
         blocks: dict[str, list[SimData]] = {table: [] for table in _TABLE_CODE}
         for point in self.profile.named_points().values():
             if point.table in _BIT_TABLES:
-                blocks[point.table].append(SimData(point.address, values=False, datatype=DataType.BITS))
+                value = levels.get((point.table, point.address), False)
+                blocks[point.table].append(SimData(point.address, values=value, datatype=DataType.BITS))
             else:
                 blocks[point.table].append(SimData(point.address, values=0, datatype=DataType.UINT16))
         # pymodbus needs at least one block per table: an unused register table answers "illegal
@@ -125,6 +147,20 @@ class TurnstileSimulator:
             ),
             action=self._on_request,
         )
+
+    def _input_levels(self) -> dict[tuple[str, int], bool]:
+        """The inputs' current levels, and their triggers reading back the same, by (table, address)."""
+        points, sim = self.profile.points, self._sim
+        levels: dict[tuple[str, int], bool] = {}
+        for point, level in (
+            (points.door_open, self._door_open),
+            (sim.door_open_trigger, self._door_open),
+            (points.emergency_input, self._emergency),
+            (sim.emergency_trigger, self._emergency),
+        ):
+            if point is not None:
+                levels[(point.table, point.address)] = level
+        return levels
 
     async def _on_request(
         self,
@@ -176,6 +212,9 @@ class TurnstileSimulator:
                 count = await self._increment(self.profile.points.passage_count)
                 log.info("%s: passage (passage_count = %d)", self.name, count)
                 await self._lock("passage")
+            elif self._free_exit:
+                count = await self._increment(self.profile.points.passage_count)
+                log.info("%s: free exit passage (passage_count = %d)", self.name, count)
             else:
                 log.info("%s: passage blocked, turnstile is locked", self.name)
         return False
@@ -185,6 +224,48 @@ class TurnstileSimulator:
             count = await self._increment(self.profile.points.forced_count)
             log.info("%s: forced (forced_count = %d)", self.name, count)
         return False
+
+    async def _free_exit_written(self, value: bool) -> bool:
+        if value != self._free_exit:
+            self._free_exit = value
+            log.info("%s: free exit %s", self.name, "on: arms turn freely outwards" if value else "off")
+        return value
+
+    async def _door_open_triggered(self, value: bool) -> bool:
+        await self.set_door_open(value)
+        return value
+
+    async def _emergency_triggered(self, value: bool) -> bool:
+        await self.set_emergency(value)
+        return value
+
+    async def set_door_open(self, is_open: bool) -> None:
+        """The arm / door leaves (True) or returns to (False) its home position: the door_open input."""
+        point = self.profile.points.door_open
+        if point is None:
+            raise ProfileError(f"profile {self.profile.model!r} has no door_open point")
+        if is_open != self._door_open:
+            log.info("%s: door %s", self.name, "open" if is_open else "closed")
+        self._door_open = is_open
+        await self._write_level(point, self._sim.door_open_trigger, is_open)
+
+    async def set_emergency(self, active: bool) -> None:
+        """The fire panel activates (True) or releases (False) the emergency_input."""
+        point = self.profile.points.emergency_input
+        if point is None:
+            raise ProfileError(f"profile {self.profile.model!r} has no emergency_input point")
+        if active != self._emergency:
+            log.info("%s: emergency input %s", self.name, "active" if active else "released")
+        self._emergency = active
+        await self._write_level(point, self._sim.emergency_trigger, active)
+
+    async def _write_level(self, point: Point, trigger: Point | None, level: bool) -> None:
+        # Not running: the level is kept and the next start() serves it.
+        if self._server is None:
+            return
+        await self._write(point, level)
+        if trigger is not None:
+            await self._write(trigger, level)
 
     @property
     def _pulse_ms(self) -> int:
@@ -267,6 +348,26 @@ async def trigger(host: str, port: int, profile: DeviceProfile, what: str) -> No
             raise ModbusException(f"trigger {what}: {response}")
 
 
+async def set_door_open(host: str, port: int, profile: DeviceProfile, is_open: bool) -> None:
+    """Move the arm / door out of (True) or back to (False) its home position."""
+    await _set_level(host, port, profile, "door_open_trigger", is_open)
+
+
+async def set_emergency(host: str, port: int, profile: DeviceProfile, active: bool) -> None:
+    """Activate (True) or release (False) the controller's emergency input, as a fire panel would."""
+    await _set_level(host, port, profile, "emergency_trigger", active)
+
+
+async def _set_level(host: str, port: int, profile: DeviceProfile, trigger_role: str, level: bool) -> None:
+    point = getattr(profile.simulation, trigger_role, None) if profile.simulation is not None else None
+    if point is None:
+        raise ProfileError(f"profile {profile.model!r} has no simulation.{trigger_role}")
+    async with _client(host, port, profile) as client:
+        response = await client.write_coil(point.address, level, device_id=profile.unit)
+        if response.isError():
+            raise ModbusException(f"set {trigger_role} {int(level)}: {response}")
+
+
 async def set_fault(host: str, port: int, profile: DeviceProfile, code: int) -> None:
     """Set the controller's fault code (0 clears it); needs fault_code in a holding register."""
     point = profile.points.fault_code
@@ -281,22 +382,30 @@ async def set_fault(host: str, port: int, profile: DeviceProfile, code: int) -> 
 
 
 async def read_state(host: str, port: int, profile: DeviceProfile) -> dict:
-    """Read the turnstile back over Modbus: unlocked, passage_count, forced_count, fault_code, unlock_count."""
+    """Read the turnstile back over Modbus: unlocked, passage_count, forced_count, fault_code,
+    unlock_count, and free_exit, door_open, emergency_input where the profile has those points."""
     if profile.simulation is None:
         raise ProfileError(f"profile {profile.model!r} has no simulation section")
     points = profile.points
+    named = {
+        "unlocked": points.unlock,
+        "passage_count": points.passage_count,
+        "forced_count": points.forced_count,
+        "fault_code": points.fault_code,
+        "unlock_count": profile.simulation.unlock_count,
+        "free_exit": points.free_exit,
+        "door_open": points.door_open,
+        "emergency_input": points.emergency_input,
+    }
     async with _client(host, port, profile) as client:
         state = {
             name: await _read_point(client, profile.unit, point)
-            for name, point in (
-                ("unlocked", points.unlock),
-                ("passage_count", points.passage_count),
-                ("forced_count", points.forced_count),
-                ("fault_code", points.fault_code),
-                ("unlock_count", profile.simulation.unlock_count),
-            )
+            for name, point in named.items()
+            if point is not None
         }
-    state["unlocked"] = bool(state["unlocked"])
+    for name, point in named.items():
+        if point is not None and point.table in _BIT_TABLES:
+            state[name] = bool(state[name])
     return state
 
 
