@@ -5,8 +5,6 @@ import base64
 import json
 import pickle
 import random
-import statistics
-import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -229,18 +227,13 @@ def test_invalid_code_is_a_value_error_and_pickles():
     assert copy.reason == "wrong_site" and str(copy) == "code is for another site"
 
 
-def test_verify_is_fast_and_caches_keys(code, public):
+def test_verify_caches_loaded_keys(code, public):
     verify(code, public)
     before = qr._public_key.cache_info()
-    timings = []
     for _ in range(300):
-        t = time.perf_counter()
         verify(code, public, site_id="demo")
-        timings.append(time.perf_counter() - t)
     after = qr._public_key.cache_info()
     assert after.misses == before.misses and after.hits >= before.hits + 300
-    # Typical is ~0.1 ms; the bound is loose so a busy CI machine does not flake.
-    assert statistics.median(timings) < 0.002
 
 
 def test_render_svg(code):
