@@ -3,6 +3,7 @@ file and the field named."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +15,9 @@ class ConfigError(ValueError):
     pass
 
 
+PersonKind = Literal["resident", "staff", "contractor", "visitor"]
+
+
 class DeviceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -21,6 +25,8 @@ class DeviceConfig(BaseModel):
     profile: str
     host: str
     port: int = Field(ge=1, le=65535)
+    # who may still pass at this device when the site data is stale (None: the site's list)
+    stale_allow_kinds: list[PersonKind] | None = None
 
 
 class SiteConfig(BaseModel):
@@ -34,6 +40,12 @@ class SiteConfig(BaseModel):
     reader_listen: str = "127.0.0.1:7101"
     outbox_alarm_at: int = Field(default=100_000, ge=1)
     upload_batch: int = Field(default=500, ge=1, le=1000)
+    # Data not confirmed current for this long is stale: once the centre answers again, a
+    # decision waits up to sync_wait_s for the sync to catch up; while it stays unreachable,
+    # only these kinds of people pass.
+    sync_grace_s: float = Field(default=300.0, gt=0)
+    sync_wait_s: float = Field(default=1.0, ge=0, le=10)
+    stale_allow_kinds: list[PersonKind] = ["resident", "staff"]
     devices: list[DeviceConfig] = Field(min_length=1)
 
 

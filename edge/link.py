@@ -29,19 +29,19 @@ def _event_message(e: dict) -> pb.EdgeEvent:
                         attributes=e["attributes"])
 
 
-def _credential(c: pb.Credential) -> dict:
-    return {"card_number": c.card_number, "person_id": c.person_id, "person_name": c.person_name,
-            "status": c.status, "valid_from": c.valid_from, "valid_until": c.valid_until,
-            "gate_ids": list(c.gate_ids)}
-
-
 class CentreLink:
     def __init__(self, address: str, agent_id: str, secret: str, site_id: str, store: EdgeStore,
                  devices: list[pb.Device], on_command: Callable[[pb.Command], Awaitable[None]],
-                 upload_batch: int = 500):
+                 upload_batch: int = 500,
+                 on_synced: Callable[[bool, bool], None] = lambda policy_changed, caught_up: None,
+                 on_server_time: Callable[[float], None] = lambda unix: None):
         self.address, self.site_id, self.store, self.devices = address, site_id, store, devices
         self.metadata = (("x-agent-id", agent_id), ("x-agent-secret", secret))
         self.on_command = on_command
+        self.on_synced = on_synced
+        self.on_server_time = on_server_time
+        self.syncing = False          # the centre answered Hello and the sync stream is open
+        self.caught_up = asyncio.Event()   # set while the copy is known to be complete
         self.upload_batch = upload_batch
         self.outbox_changed = asyncio.Event()
         self.online = False          # the last call to the centre worked
@@ -79,22 +79,30 @@ class CentreLink:
             try:
                 now = Timestamp()
                 now.GetCurrentTime()
-                await self.stub.Hello(pb.HelloRequest(site_id=self.site_id, software_version=__version__,
-                                                      devices=self.devices, agent_time=now),
-                                      metadata=self.metadata, timeout=5)
+                reply = await self.stub.Hello(pb.HelloRequest(site_id=self.site_id, software_version=__version__,
+                                                              devices=self.devices, agent_time=now),
+                                              metadata=self.metadata, timeout=5)
+                self.on_server_time(reply.server_time.ToNanoseconds() / 1e9)
+                self.caught_up.clear()
+                self.syncing = True
                 epoch, cursor = self.store.position
                 stream = self.stub.Sync(pb.SyncRequest(cursor=cursor, epoch=epoch, follow=True),
                                         metadata=self.metadata)
                 async for batch in stream:
+                    policy_changed = False
                     if batch.changes or batch.epoch != epoch:
-                        self.store.apply_changes([_credential(c.credential) for c in batch.changes],
-                                                 batch.cursor, batch.epoch)
+                        policy_changed = self.store.apply_changes(batch.changes, batch.cursor, batch.epoch)
                         epoch = batch.epoch
                     if batch.caught_up:
                         self.synced_at = time.monotonic()
+                        self.caught_up.set()
+                    self.on_synced(policy_changed, batch.caught_up)
                     self._set_online(True)
                     backoff.reset()
+                self.syncing = False
             except grpc.aio.AioRpcError as exc:
+                self.syncing = False
+                self.caught_up.clear()
                 self._set_online(False, f"sync: {exc.code().name}: {exc.details()}")
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     log.error("the centre refused this agent's secret", extra={"detail": exc.details()})

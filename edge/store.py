@@ -1,4 +1,5 @@
-"""The agent's own SQLite file: the synced credentials, the sync cursor, and the outbox.
+"""The agent's own SQLite file: the synced site data, the sync cursor, anti-passback state,
+local pass use counts, and the outbox.
 
 Every event is committed here before anything else happens to it; it leaves the outbox only
 when the centre has acknowledged it. Nothing is ever dropped: a large outbox raises an alarm.
@@ -11,15 +12,25 @@ import time
 import uuid
 from pathlib import Path
 
+from gatehouse.edge.v1 import edge_pb2 as pb
+from services.access import rules
 from services.access.rules import Credential
 
+SCHEMA_VERSION = "2"
+SEP = "\x1f"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS credentials (
     card_number TEXT PRIMARY KEY, person_id TEXT NOT NULL, person_name TEXT NOT NULL,
     status TEXT NOT NULL, valid_from INTEGER NOT NULL, valid_until INTEGER NOT NULL,
-    gate_ids TEXT NOT NULL
-);
+    gate_ids TEXT NOT NULL, group_ids TEXT NOT NULL, person_kind TEXT NOT NULL,
+    max_uses INTEGER NOT NULL, uses INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (kind TEXT NOT NULL, key TEXT NOT NULL, payload BLOB NOT NULL,
+                                  PRIMARY KEY (kind, key));
+CREATE TABLE IF NOT EXISTS passback (person_id TEXT NOT NULL, zone_id TEXT NOT NULL, direction TEXT NOT NULL,
+                                     at REAL NOT NULL, PRIMARY KEY (person_id, zone_id));
+CREATE TABLE IF NOT EXISTS local_uses (card_number TEXT PRIMARY KEY, uses INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS device_seq (device_id TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, device_id TEXT NOT NULL,
@@ -42,7 +53,28 @@ class EdgeStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed event survives a power cut at the gate, not only a crash.
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._upgrade()
         self.db.executescript(SCHEMA)
+        self.set_meta("schema", SCHEMA_VERSION)
+
+    def _upgrade(self) -> None:
+        """A file from an older agent: keep the outbox, drop the synced copy and sync it again."""
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            return
+        version = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if version is None or version[0] != SCHEMA_VERSION:
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.execute("DROP TABLE IF EXISTS credentials")
+                self.db.execute("DELETE FROM meta WHERE key IN ('cursor', 'epoch')")
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
         self.db.close()
@@ -50,21 +82,76 @@ class EdgeStore:
     # -- credentials --------------------------------------------------------------------------
 
     def credential(self, card_number: str) -> Credential | None:
-        row = self.db.execute("SELECT card_number, person_id, person_name, status, valid_from, valid_until, "
-                              "gate_ids FROM credentials WHERE card_number = ?", (card_number,)).fetchone()
+        row = self.db.execute("SELECT * FROM credentials WHERE card_number = ?", (card_number,)).fetchone()
         if row is None:
             return None
-        return Credential(*row[:6], gate_ids=frozenset(row[6].split("\x1f")) if row[6] else frozenset())
+        return Credential(row[0], row[1], row[2], row[3], row[4], row[5],
+                          gate_ids=frozenset(row[6].split(SEP)) if row[6] else frozenset(),
+                          group_ids=frozenset(row[7].split(SEP)) if row[7] else frozenset(),
+                          person_kind=row[8], max_uses=row[9], uses=row[10])
 
-    def apply_changes(self, credentials: list[dict], cursor: int, epoch: str) -> None:
-        """One sync batch, with the position (epoch, cursor) it brings us to, in one transaction."""
-        rows = [(c["card_number"], c["person_id"], c["person_name"], c["status"], c["valid_from"],
-                 c["valid_until"], "\x1f".join(c["gate_ids"])) for c in credentials]
+    def apply_changes(self, changes, cursor: int, epoch: str) -> bool:
+        """One sync batch, with the position (epoch, cursor) it brings us to, in one transaction.
+
+        Returns whether anything but credentials changed (the agent then reloads its policy).
+        """
+        credentials, items, removed = [], [], []
+        for change in changes:
+            kind = change.WhichOneof("item")
+            if kind == "credential":
+                c = change.credential
+                credentials.append((c.card_number, c.person_id, c.person_name, c.status, c.valid_from, c.valid_until,
+                                    SEP.join(c.gate_ids), SEP.join(c.group_ids), c.person_kind or "resident",
+                                    c.max_uses, c.uses))
+            elif kind == "removed":
+                removed.append((change.removed.kind, change.removed.key))
+            elif kind:
+                message = getattr(change, kind)
+                key = "" if kind == "settings" else getattr(message, "group_id", None) or \
+                    getattr(message, "profile_id", None) or message.zone_id
+                items.append((kind, key, message.SerializeToString()))
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO credentials VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            if epoch != self.position[0]:
+                # another epoch streams everything again: what it does not send does not exist
+                self.db.execute("DELETE FROM items WHERE kind != 'settings'")
+            self.db.executemany("INSERT OR REPLACE INTO credentials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                credentials)
+            self.db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", items)
+            self.db.executemany("DELETE FROM items WHERE kind = ? AND key = ?", removed)
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [("cursor", str(cursor)), ("epoch", epoch)])
+        return bool(items or removed)
+
+    def policy(self) -> tuple[rules.SitePolicy, dict[str, bytes]]:
+        """The site's rules as synced, and the QR public keys by key id."""
+        by_kind: dict[str, list[bytes]] = {}
+        for kind, payload in self.db.execute("SELECT kind, payload FROM items"):
+            by_kind.setdefault(kind, []).append(payload)
+        settings = pb.SiteSettings.FromString(by_kind["settings"][0]) if "settings" in by_kind else pb.SiteSettings()
+        groups = [pb.AccessGroup.FromString(b) for b in by_kind.get("group", ())]
+        profiles = [pb.TimeProfile.FromString(b) for b in by_kind.get("time_profile", ())]
+        zones = [pb.Zone.FromString(b) for b in by_kind.get("zone", ())]
+        policy = rules.SitePolicy(
+            timezone=settings.timezone or "UTC", holidays=frozenset(settings.holidays), emergency=settings.emergency,
+            groups={g.group_id: rules.AccessGroup(g.group_id, frozenset(g.gate_ids), g.time_profile_id)
+                    for g in groups},
+            profiles={p.profile_id: rules.TimeProfile(p.profile_id, tuple(
+                rules.Period(x.day, x.start_minute, x.end_minute) for x in p.periods)) for p in profiles},
+            zones={z.zone_id: rules.Zone(z.zone_id, z.anti_passback or "none", z.timed_minutes, z.reset_minute,
+                                         frozenset(z.entry_gate_ids), frozenset(z.exit_gate_ids)) for z in zones})
+        return policy, {k.key_id: bytes(k.public_key) for k in settings.qr_keys}
+
+    # -- anti-passback and pass uses --------------------------------------------------------------
+
+    def passback(self, person_id: str, zone_id: str) -> rules.Passback | None:
+        row = self.db.execute("SELECT direction, at FROM passback WHERE person_id = ? AND zone_id = ?",
+                              (person_id, zone_id)).fetchone()
+        return rules.Passback(*row) if row else None
+
+    def local_uses(self, card_number: str) -> int:
+        row = self.db.execute("SELECT uses FROM local_uses WHERE card_number = ?", (card_number,)).fetchone()
+        return row[0] if row else 0
 
     @property
     def position(self) -> tuple[str, int]:
@@ -77,9 +164,14 @@ class EdgeStore:
 
     # -- outbox ---------------------------------------------------------------------------------
 
-    def append_event(self, device_id: str, gate_id: str, kind: str, attributes: dict, offline: bool) -> dict:
+    def append_event(self, device_id: str, gate_id: str, kind: str, attributes: dict, offline: bool,
+                     at: float | None = None, passback: tuple[str, str, str] | None = None,
+                     count_use: str | None = None) -> dict:
+        """Commit one event to the outbox; in the same transaction, a granted passage's
+        anti-passback move (person_id, zone_id, direction) and pass use (its key)."""
+        at = time.time() if at is None else at
         event = {"event_id": str(uuid.uuid4()), "device_id": device_id, "gate_id": gate_id, "kind": kind,
-                 "device_time": time.time(), "offline": offline,
+                 "device_time": at, "offline": offline,
                  "attributes": {k: str(v) for k, v in attributes.items() if v is not None}}
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -91,6 +183,11 @@ class EdgeStore:
                             "offline, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (event["event_id"], device_id, gate_id, kind, event["device_seq"], event["device_time"],
                              int(offline), json.dumps(event["attributes"])))
+            if passback:
+                self.db.execute("INSERT OR REPLACE INTO passback VALUES (?, ?, ?, ?)", (*passback, at))
+            if count_use:
+                self.db.execute("INSERT INTO local_uses VALUES (?, 1) ON CONFLICT(card_number) "
+                                "DO UPDATE SET uses = uses + 1", (count_use,))
         return event
 
     def pending(self, limit: int) -> list[dict]:

@@ -205,19 +205,22 @@ class Stack:
             a.add_gate(self.site_id, "garage", "Garage door")
             a.create_group(self.site_id, "residents", "Residents", ["north"])
             a.create_group(self.site_id, "staff", "Staff", ["north", "garage"])
+            a.add_unit(self.site_id, "1-1-101", "1", "1", "101")
             for pid, name, kind, group, card, until in (
                     ("ann", "Ann", "resident", "residents", "1001", None),
                     ("bob", "Bob", "staff", "staff", "2001", None),
                     ("cy", "Cy", "resident", "residents", "3001", valid_until_past)):
-                a.add_person(self.site_id, pid, name, kind)
+                a.add_person(self.site_id, pid, name, kind, "1-1-101" if kind == "resident" else None)
                 a.add_to_group(group, pid)
                 a.issue_card(pid, card, "2020-01-01T00:00:00+00:00" if until else None, until)
 
     # -- talking to the agent -------------------------------------------------------------------
 
-    def present(self, device: str, card: str) -> dict:
+    def present(self, device: str, card: str | None = None, **credential) -> dict:
+        """A card (or pin=..., qr=...) at a reader, answered by the agent."""
+        request = {"device_id": device, **({"card_number": card} if card is not None else credential)}
         with socket.create_connection(("127.0.0.1", self.reader_port), timeout=10) as conn:
-            conn.sendall(json.dumps({"device_id": device, "card_number": card}).encode() + b"\n")
+            conn.sendall(json.dumps(request).encode() + b"\n")
             return json.loads(conn.makefile().readline())
 
     def agent_db(self):
@@ -226,7 +229,7 @@ class Stack:
 
     def agent_cached(self, card: str) -> tuple | None:
         with self.agent_db() as db:
-            return db.execute("SELECT status, gate_ids FROM credentials WHERE card_number = ?", (card,)).fetchone()
+            return db.execute("SELECT status, group_ids FROM credentials WHERE card_number = ?", (card,)).fetchone()
 
     def outbox_size(self) -> int:
         with self.agent_db() as db:

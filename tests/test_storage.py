@@ -65,7 +65,8 @@ def test_bad_input_writes_nothing(access_engine):
     with access_engine.begin() as conn:
         store.add_gate(conn, "s1", "north", "North")
         store.create_group(conn, "s1", "g1", "Group", ["north"])
-        store.add_person(conn, "s1", "ann", "Ann", "resident")
+        store.add_unit(conn, "s1", "1-1-101", "1", "1", "101")
+        store.add_person(conn, "s1", "ann", "Ann", "resident", "1-1-101")
         store.add_to_group(conn, "g1", "ann")
     with pytest.raises(store.InvalidInput, match="belongs to site 's1'"):
         with access_engine.begin() as conn:
@@ -75,8 +76,9 @@ def test_bad_input_writes_nothing(access_engine):
         with access_engine.begin() as conn:
             store.issue_card(conn, "ann", "1001", "2026-01-01T00:00:00", None)
     with access_engine.connect() as conn:
-        assert store.credential_views(conn, "s1") == []
-        assert store.unpublished_changes(conn) == []
+        assert [i["card_number"] for i in store.credential_items(conn, "s1")] == ["person:ann"]
+        queued = [i for _, change in store.unpublished_changes(conn) for i in change["items"]]
+        assert not any(i.get("card_number") == "1001" for i in queued)
 
 
 def test_credential_changes_are_queued_with_the_gates(access_engine):
@@ -84,43 +86,48 @@ def test_credential_changes_are_queued_with_the_gates(access_engine):
         store.create_site(conn, "s1", "Site")
         store.add_gate(conn, "s1", "north", "North")
         store.create_group(conn, "s1", "g1", "Group", ["north"])
-        store.add_person(conn, "s1", "ann", "Ann", "resident")
+        store.add_unit(conn, "s1", "1-1-101", "1", "1", "101")
+        store.add_person(conn, "s1", "ann", "Ann", "resident", "1-1-101")
         store.add_to_group(conn, "g1", "ann")
         store.issue_card(conn, "ann", "1001")
         store.set_person_status(conn, "ann", "suspended")
     with access_engine.connect() as conn:
         changes = store.unpublished_changes(conn)
-    last = changes[-1][1]["credentials"][0]
-    assert last["card_number"] == "1001" and last["gate_ids"] == ["north"] and last["status"] == "suspended"
+    last = {i["card_number"]: i for i in changes[-1][1]["items"]}
+    assert last["1001"]["group_ids"] == ["g1"] and last["1001"]["status"] == "suspended"
+    assert last["person:ann"]["status"] == "suspended"     # her QR codes stop too
+    groups = [i for _, c in changes for i in c["items"] if i["type"] == "group"]
+    assert groups[-1] == {"type": "group", "group_id": "g1", "gate_ids": ["north"], "time_profile_id": None}
     assert [rev for rev, _ in changes] == sorted(rev for rev, _ in changes)
 
 
 def test_projection_applies_newer_revisions_only(access_engine):
     projection = Projection(engine_for("edgelink"))
-    view = {"card_number": "1001", "person_id": "ann", "person_name": "Ann", "status": "active",
-            "valid_from": 0, "valid_until": 0, "gate_ids": ["north"]}
-    assert projection.apply_credentials("s1", 5, [view]) == 1
-    projection.apply_credentials("s1", 4, [{**view, "status": "revoked"}])   # older: ignored
-    projection.apply_credentials("s1", 5, [{**view, "status": "revoked"}])   # redelivered: ignored
+    view = {"type": "credential", "card_number": "1001", "person_id": "ann", "person_name": "Ann",
+            "status": "active", "valid_from": 0, "valid_until": 0, "gate_ids": [], "group_ids": ["g1"]}
+    assert projection.apply("s1", 5, [view]) == 1
+    projection.apply("s1", 4, [{**view, "status": "revoked"}])   # older: ignored
+    projection.apply("s1", 5, [{**view, "status": "revoked"}])   # redelivered: ignored
     changes = projection.changes_since("s1", 0)
-    assert [c["status"] for _, c in changes] == ["active"]
-    projection.apply_credentials("s1", 6, [{**view, "status": "revoked"}])
-    cursor = changes[-1][0]
+    assert [c.credential.status for c in changes] == ["active"]
+    projection.apply("s1", 6, [{**view, "status": "revoked"}])
+    cursor = changes[-1].version
     newer = projection.changes_since("s1", cursor)
-    assert len(newer) == 1 and newer[0][1]["status"] == "revoked" and newer[0][0] > cursor
+    assert len(newer) == 1 and newer[0].credential.status == "revoked" and newer[0].version > cursor
+    assert list(newer[0].credential.group_ids) == ["g1"]
     assert projection.changes_since("s2", 0) == []
 
 
 def test_a_rebuilt_projection_has_a_new_epoch(access_engine, database, monkeypatch):
-    view = {"card_number": "1001", "person_id": "ann", "person_name": "Ann", "status": "active",
-            "valid_from": 0, "valid_until": 0, "gate_ids": ["north"]}
+    view = {"type": "credential", "card_number": "1001", "person_id": "ann", "person_name": "Ann",
+            "status": "active", "valid_from": 0, "valid_until": 0, "gate_ids": [], "group_ids": ["g1"]}
     projection = Projection(engine_for("edgelink"))
     assert projection.position("s1") == ("", 0)
-    projection.apply_credentials("s1", 1, [view])
+    projection.apply("s1", 1, [view])
     epoch, version = projection.position("s1")
     assert epoch and version == 1
-    projection.apply_credentials("s1", 2, [view])
+    projection.apply("s1", 2, [view])
     assert projection.position("s1") == (epoch, 2)
     assert projection.position("s2") == ("", 0)
-    projection.apply_credentials("s2", 3, [view])
+    projection.apply("s2", 3, [view])
     assert projection.position("s2")[0] not in ("", epoch)

@@ -5,6 +5,7 @@ site's time zone.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -114,6 +115,11 @@ class Decision:
     alarm: str = ""                  # set when granted with an alarm (soft anti-passback)
     zone_id: str = ""
     direction: str = ""              # the zone movement this passage makes, if any
+
+
+def pin_key(site_id: str, pin: str) -> str:
+    """How a PIN is known at the gates: a hash of site and digits, never the digits."""
+    return "pin:" + hashlib.sha256(f"{site_id}:{pin}".encode()).hexdigest()
 
 
 def credential_status(card_status: str, person_status: str) -> str:

@@ -6,12 +6,14 @@ from sqlalchemy import (
                         ForeignKey,
                         Index,
                         Integer,
+                        LargeBinary,
                         MetaData,
                         String,
                         Table,
                         Text,
                         UniqueConstraint,
 )
+from sqlalchemy.sql.expression import false
 
 from gatehouse.db import UTCDateTime
 
@@ -22,6 +24,56 @@ sites = Table(
     Column("site_id", String(64), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("timezone", String(64), nullable=False),
+    Column("emergency", Boolean, nullable=False, server_default=false()),
+    Column("emergency_reason", String(200), nullable=True),
+    Column("emergency_since", UTCDateTime, nullable=True),
+    Column("emergency_by", String(100), nullable=True),
+)
+
+units = Table(
+    "units", metadata,
+    Column("unit_id", String(64), primary_key=True),
+    Column("site_id", String(64), ForeignKey("sites.site_id"), nullable=False, index=True),
+    Column("building", String(64), nullable=False),
+    Column("unit", String(64), nullable=False),
+    Column("room", String(64), nullable=False),
+    Column("floor_area_m2", String(16), nullable=True),     # a decimal as text: never a float
+)
+
+zones = Table(
+    "zones", metadata,
+    Column("zone_id", String(64), primary_key=True),
+    Column("site_id", String(64), ForeignKey("sites.site_id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("anti_passback", String(10), nullable=False),
+    Column("timed_minutes", Integer, nullable=False, server_default="0"),
+    Column("reset_minute", Integer, nullable=False, server_default="0"),
+)
+
+time_profiles = Table(
+    "time_profiles", metadata,
+    Column("profile_id", String(64), primary_key=True),
+    Column("site_id", String(64), ForeignKey("sites.site_id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("periods", Text, nullable=False),                  # JSON [{day, start, end}] in minutes
+)
+
+holidays = Table(
+    "holidays", metadata,
+    Column("site_id", String(64), ForeignKey("sites.site_id"), primary_key=True),
+    Column("day", String(10), primary_key=True),              # local date YYYY-MM-DD
+    Column("name", String(200), nullable=False),
+)
+
+# Ed25519 keys that sign QR codes; only the public half goes to the gates.
+signing_keys = Table(
+    "signing_keys", metadata,
+    Column("key_id", String(16), primary_key=True),
+    Column("site_id", String(64), ForeignKey("sites.site_id"), nullable=False, index=True),
+    Column("private_key", LargeBinary, nullable=False),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("retired_at", UTCDateTime, nullable=True),
 )
 
 gates = Table(
@@ -29,6 +81,8 @@ gates = Table(
     Column("gate_id", String(64), primary_key=True),
     Column("site_id", String(64), ForeignKey("sites.site_id"), nullable=False, index=True),
     Column("name", String(200), nullable=False),
+    Column("zone_id", String(64), ForeignKey("zones.zone_id"), nullable=True),
+    Column("direction", String(3), nullable=True),            # "in" or "out" of its zone
 )
 
 people = Table(
@@ -39,6 +93,9 @@ people = Table(
     Column("kind", String(20), nullable=False),
     Column("status", String(20), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("role", String(64), nullable=True),
+    Column("unit_id", String(64), ForeignKey("units.unit_id"), nullable=True, index=True),
+    Column("phone", String(24), nullable=True),
 )
 
 access_groups = Table(
@@ -46,6 +103,7 @@ access_groups = Table(
     Column("group_id", String(64), primary_key=True),
     Column("site_id", String(64), ForeignKey("sites.site_id"), nullable=False, index=True),
     Column("name", String(200), nullable=False),
+    Column("time_profile_id", String(64), ForeignKey("time_profiles.profile_id"), nullable=True),
 )
 
 group_gates = Table(
@@ -71,6 +129,8 @@ cards = Table(
     Column("valid_from", UTCDateTime, nullable=True),
     Column("valid_until", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("kind", String(8), nullable=False, server_default="card"),   # card or pin
+    Column("replaced_by", String(64), nullable=True),
     UniqueConstraint("site_id", "card_number", name="uq_cards_site_card"),
 )
 
@@ -105,4 +165,86 @@ access_events = Table(
     UniqueConstraint("event_id", name="uq_access_events_event_id"),
     Index("ix_access_events_site_id", "site_id", "id"),
     Index("ix_access_events_device", "site_id", "device_id", "device_seq"),
+)
+
+visitors = Table(
+    "visitors", metadata,
+    Column("visitor_id", String(64), primary_key=True),
+    Column("site_id", String(64), ForeignKey("sites.site_id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("phone", String(24), nullable=True),
+    Column("id_number_masked", String(32), nullable=True),   # never the full ID number
+    Column("host_unit_id", String(64), ForeignKey("units.unit_id"), nullable=True),
+    Column("host_person_id", String(64), ForeignKey("people.person_id"), nullable=True),
+    Column("purpose", String(200), nullable=False),
+    Column("registered_by", String(100), nullable=False),
+    Column("walk_in", Boolean, nullable=False),
+    Column("registered_at", UTCDateTime, nullable=False),
+)
+
+visitor_passes = Table(
+    "visitor_passes", metadata,
+    Column("pass_id", String(64), primary_key=True),
+    Column("visitor_id", String(64), ForeignKey("visitors.visitor_id"), nullable=False, index=True),
+    Column("site_id", String(64), ForeignKey("sites.site_id"), nullable=False),
+    Column("gate_ids", Text, nullable=False),                 # JSON list
+    Column("valid_from", UTCDateTime, nullable=False),
+    Column("valid_until", UTCDateTime, nullable=False),
+    Column("max_uses", Integer, nullable=False),
+    Column("uses", Integer, nullable=False, server_default="0"),
+    Column("status", String(20), nullable=False),
+    Column("arrived_at", UTCDateTime, nullable=True),
+)
+
+alarms = Table(
+    "alarms", metadata,
+    Column("alarm_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("site_id", String(64), nullable=False),
+    Column("gate_id", String(64), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("state", String(12), nullable=False),              # raised, acknowledged, cleared
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("source_event_id", String(36), nullable=False),
+    Column("details", Text, nullable=False),
+    Column("acknowledged_by", String(100), nullable=True),
+    Column("acknowledged_at", UTCDateTime, nullable=True),
+    Column("cleared_by", String(100), nullable=True),
+    Column("cleared_at", UTCDateTime, nullable=True),
+    UniqueConstraint("source_event_id", name="uq_alarms_source_event"),
+    Index("ix_alarms_open", "site_id", "state"),
+)
+
+presence = Table(
+    "presence", metadata,
+    Column("zone_id", String(64), primary_key=True),
+    Column("person_id", String(64), primary_key=True),
+    Column("site_id", String(64), nullable=False),
+    Column("inside", Boolean, nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    Column("gate_id", String(64), nullable=False),
+)
+
+# Every operator action that changes what happens at a gate: who, what, why, when.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("site_id", String(64), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("details", Text, nullable=False),
+)
+
+remote_opens = Table(
+    "remote_opens", metadata,
+    Column("command_id", String(36), primary_key=True),
+    Column("site_id", String(64), nullable=False),
+    Column("gate_id", String(64), nullable=False),
+    Column("requested_by", String(100), nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("status", String(12), nullable=False),             # sent, executed, failed, undelivered
+    Column("done_at", UTCDateTime, nullable=True),
 )

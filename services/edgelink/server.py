@@ -32,6 +32,7 @@ log = logging.getLogger("edgelink")
 
 SERVICE = "gatehouse.edge.v1.EdgeLink"
 SYNC_BATCH = 1000
+SYNC_IDLE_S = 2.0         # an idle follow stream repeats "caught up" this often
 HEARTBEAT_S = 2.0
 SNAPSHOT_RETRY_S = 30.0
 # Each connected agent holds two long-lived streams (Sync, Commands), each on a pool thread.
@@ -97,6 +98,7 @@ class EdgeLink:
         self._lock = threading.Lock()
         self.last_seen: dict[str, float] = {}       # agent_id -> time of its last call
         self.streams: dict[str, int] = {}            # agent_id -> open Sync/Commands streams
+        self.gates_of: dict[str, list[str]] = {}     # agent_id -> gates its devices serve (from Hello)
         self.max_streams = max(1, workers - RESERVED_FOR_CALLS)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -137,6 +139,8 @@ class EdgeLink:
                           f"agent {agent_id} is registered for site {site_id}, not {request.site_id}")
         log.info("agent hello", extra={"agent_id": agent_id, "site_id": site_id,
                                        "devices": [d.device_id for d in request.devices]})
+        with self._lock:
+            self.gates_of[agent_id] = sorted({d.gate_id for d in request.devices})
         epoch, version = self.projection.position(site_id)
         return pb.HelloReply(site_id=site_id, server_time=_ts(datetime.now(UTC)), latest_version=version, epoch=epoch)
 
@@ -147,24 +151,25 @@ class EdgeLink:
         cursor = request.cursor if request.epoch == epoch else 0
         self._open_stream(agent_id, context)
         try:
-            caught_up_sent = False
+            caught_up_sent, idle_since = False, time.monotonic()
             while context.is_active() and not self.stopping.is_set():
                 if not epoch:   # the site's projection did not exist yet; it may now
                     epoch, _ = self.projection.position(site_id)
                 changes = self.projection.changes_since(site_id, cursor, SYNC_BATCH)
                 if changes:
-                    cursor = changes[-1][0]
+                    cursor = changes[-1].version
                     caught_up = len(changes) < SYNC_BATCH
-                    yield pb.SyncBatch(cursor=cursor, caught_up=caught_up, epoch=epoch, changes=[
-                        pb.Change(version=v, credential=pb.Credential(**c)) for v, c in changes])
-                    caught_up_sent = caught_up
+                    yield pb.SyncBatch(cursor=cursor, caught_up=caught_up, epoch=epoch, changes=changes)
+                    caught_up_sent, idle_since = caught_up, time.monotonic()
                     continue
-                if not caught_up_sent:
+                # caught up: say so once, then again every SYNC_IDLE_S, so that the agent knows
+                # its copy is current (and how old it is once it stops hearing this)
+                if not caught_up_sent or time.monotonic() - idle_since >= SYNC_IDLE_S:
                     yield pb.SyncBatch(cursor=cursor, caught_up=True, epoch=epoch)
-                    caught_up_sent = True
+                    caught_up_sent, idle_since = True, time.monotonic()
                 if not request.follow:
                     return
-                self.projection.wait_for_change(timeout=5.0)
+                self.projection.wait_for_change(timeout=SYNC_IDLE_S)
         finally:
             self._close_stream(agent_id)
 
@@ -214,9 +219,8 @@ class EdgeLink:
     # -- from the bus -----------------------------------------------------------------------------
 
     def on_bus_event(self, event_type: str, payload: dict) -> None:
-        if event_type == "credentials_changed":
-            version = self.projection.apply_credentials(payload["site_id"], int(payload["revision"]),
-                                                        payload["credentials"])
+        if event_type == "site_data_changed":
+            version = self.projection.apply(payload["site_id"], int(payload["revision"]), payload["items"])
             log.info("projection updated", extra={"site_id": payload["site_id"], "version": version,
                                                   "event_id": payload.get("event_id")})
         elif event_type == "gate_open_requested":
@@ -225,17 +229,24 @@ class EdgeLink:
                                  issued_at=_ts(datetime.fromisoformat(payload["occurred_at"])))
             delivered = self.commands.publish(payload["site_id"], command)
             log.info("command pushed", extra={"event_id": payload["event_id"], "agents": delivered})
+            if not delivered:
+                try:
+                    self.publisher.publish("command_undelivered", event_payload(
+                        payload["site_id"], command_id=payload["event_id"], gate_id=payload["gate_id"]))
+                except Undeliverable:
+                    log.warning("command_undelivered not published", extra={"event_id": payload["event_id"]})
 
     # -- background -----------------------------------------------------------------------------
 
     def status(self) -> dict:
         now = time.time()
         with self._lock:
-            seen, streams = dict(self.last_seen), dict(self.streams)
+            seen, streams, gates_of = dict(self.last_seen), dict(self.streams), dict(self.gates_of)
         return {"service": "edgelink", "pid": os.getpid(), "at": datetime.now(UTC).isoformat(),
                 "sites": self.projection.versions(),
                 "agents": [{"agent_id": a["agent_id"], "site_id": a["site_id"],
                             "connected": streams.get(a["agent_id"], 0) > 0,
+                            "gate_ids": gates_of.get(a["agent_id"], []),
                             "last_seen_s_ago": round(now - seen[a["agent_id"]], 1) if a["agent_id"] in seen else None}
                            for a in agents.all_agents(self.engine)]}
 
@@ -267,7 +278,7 @@ def serve(address: str | None = None, engine=None, amqp_uri: str | None = None, 
     workers = workers or int(os.environ.get("EDGELINK_WORKERS", DEFAULT_WORKERS))
     link = EdgeLink(engine, ConfirmedPublisher(amqp_uri, "edgelink"), workers)
     consumer = EventConsumer(amqp_uri, "edgelink.projection",
-                             [("access", "credentials_changed"), ("access", "gate_open_requested")],
+                             [("access", "site_data_changed"), ("access", "gate_open_requested")],
                              link.on_bus_event)
     consumer.start_thread()
     server = grpc.server(

@@ -1,5 +1,5 @@
 """edgelink's own schema: registered agents and the per-site projection agents sync from."""
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table
 
 from gatehouse.db import UTCDateTime
 
@@ -21,14 +21,16 @@ site_versions = Table(
     Column("epoch", String(32), nullable=True),
 )
 
-# One row per card and site: the newest state seen, stamped with the site version at which
-# it last changed. An agent at cursor C needs exactly the rows with version > C.
-credentials = Table(
-    "credentials", metadata,
+# One row per site item (a credential, group, time profile, zone, the site settings): its
+# newest state, stamped with the site version at which it last changed. An agent at cursor C
+# needs exactly the rows with version > C. The payload is the serialized `Change` (without its
+# version), so a sync streams stored bytes instead of rebuilding messages.
+items = Table(
+    "items", metadata,
     Column("site_id", String(64), primary_key=True),
-    Column("card_number", String(64), primary_key=True),
+    Column("item_key", String(200), primary_key=True),
     Column("version", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     Column("source_revision", BigInteger, nullable=False),
-    Column("payload", Text, nullable=False),
-    Index("ix_credentials_site_version", "site_id", "version"),
+    Column("payload", LargeBinary, nullable=False),
+    Index("ix_items_site_version", "site_id", "version"),
 )
