@@ -119,7 +119,7 @@ class Decision:
 
 def pin_key(site_id: str, pin: str) -> str:
     """How a PIN is known at the gates: a hash of site and digits, never the digits."""
-    return "pin:" + hashlib.sha256(f"{site_id}:{pin}".encode()).hexdigest()
+    return "pin:" + hashlib.sha256(f"{site_id}:{pin}".encode()).hexdigest()[:32]
 
 
 def credential_status(card_status: str, person_status: str) -> str:

@@ -224,14 +224,14 @@ class AccessService:
             with _ingest_lock, self.db.begin() as conn:
                 new = store.store_edge_events(conn, batch)
                 follow_ups = monitoring.follow_up(conn, new)
+                for event_type, payload in follow_ups:    # sent by the relay, after commit
+                    store.queue_event(conn, batch["site_id"], event_type, payload)
         except Exception:
             # The message goes back to the queue (requeue_on_error); pause first, so a
             # database that is down is not hammered by instant redeliveries.
             log.exception("could not store edge events; will retry", extra={"event_id": batch.get("event_id")})
             eventlet.sleep(INGEST_RETRY_PAUSE_S)
             raise
-        for event_type, payload in follow_ups:
-            self.dispatch(event_type, event_payload(batch["site_id"], **payload))
         if follow_ups:
             self.relay_changes()
         if new:
@@ -256,7 +256,7 @@ class AccessService:
 
     @timer(interval=1.0)
     def relay_changes(self):
-        """Publish committed credential changes that are not on the bus yet (after a crash too)."""
+        """Publish committed changes and events that are not on the bus yet (after a crash too)."""
         with _relay_lock:
             while True:
                 with self.db.connect() as conn:
@@ -264,8 +264,11 @@ class AccessService:
                 if not pending:
                     return
                 for revision, change in pending:
-                    self.dispatch("site_data_changed", event_payload(
-                        change["site_id"], revision=revision, items=change["items"]))
+                    if "event" in change:
+                        self.dispatch(change["event"], change["payload"])
+                    else:
+                        self.dispatch("site_data_changed", event_payload(
+                            change["site_id"], revision=revision, items=change["items"]))
                 with self.db.begin() as conn:
                     store.mark_published(conn, [rev for rev, _ in pending])
 

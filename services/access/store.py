@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import and_, delete, func, insert, select, text, update
 
+from gatehouse.bus import event_payload
 from gatehouse.db import insert_ignore, serialize_writers
 from services.access import qr, rules
 from services.access.tables import (
@@ -585,6 +586,13 @@ def _record(conn, site_id, items) -> None:
     for i in range(0, len(items), SNAPSHOT_CHUNK):
         conn.execute(insert(credential_outbox).values(
             site_id=site_id, published=False, payload=json.dumps({"site_id": site_id, "items": items[i:i + SNAPSHOT_CHUNK]})))
+
+
+def queue_event(conn, site_id: str, event_type: str, fields: dict) -> None:
+    """An event to publish once this transaction commits (by the same relay, in order)."""
+    payload = event_payload(site_id, **{k: v for k, v in fields.items() if k != "site_id"})
+    conn.execute(insert(credential_outbox).values(site_id=site_id, published=False,
+                                                  payload=json.dumps({"event": event_type, "payload": payload})))
 
 
 def record_snapshot(conn, site_id: str) -> int:

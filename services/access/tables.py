@@ -134,8 +134,9 @@ cards = Table(
     UniqueConstraint("site_id", "card_number", name="uq_cards_site_card"),
 )
 
-# Changes to what the gates must know, written in the same transaction as the change and
-# published by a relay: a change is never committed without reaching the bus eventually.
+# Changes to what the gates must know, and events that follow from stored data (alarms,
+# visitor arrivals), written in the same transaction as the change and published in order by
+# a relay: nothing is committed without reaching the bus eventually.
 credential_outbox = Table(
     "credential_outbox", metadata,
     Column("revision", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
