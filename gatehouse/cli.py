@@ -7,6 +7,7 @@ import logging
 import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 
@@ -28,9 +29,16 @@ def _rpc():
 
 
 def _console_get(path: str) -> dict:
+    return _console("GET", path)
+
+
+def _console(method: str, path: str, body=None, raw: bytes | None = None, timeout: float = 10):
+    """Call the console API; its JSON error becomes the command's error message."""
     url = f"http://{settings.console_address()}{path}"
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise click.ClickException(f"{url}: {exc.code} {exc.read().decode(errors='replace')}") from None
@@ -73,15 +81,20 @@ def events(site, kind, limit):
 
 
 @main.command()
-@click.argument("card_number")
+@click.argument("card_number", required=False)
 @click.option("--device", required=True, help="The turnstile's device id, e.g. t1.")
+@click.option("--pin", default=None, help="A PIN typed at the keypad instead of a card.")
+@click.option("--qr", "qr_code", default=None, help="A scanned QR code (GH1....) instead of a card.")
 @click.option("--reader", default="127.0.0.1:7101", show_default=True, help="The agent's reader port.")
-def present(card_number, device, reader):
-    """Present a card at a turnstile's reader and print the agent's decision."""
+def present(card_number, device, pin, qr_code, reader):
+    """Present a card (or --pin, or --qr) at a turnstile's reader and print the agent's decision."""
+    given = {k: v for k, v in (("card_number", card_number), ("pin", pin), ("qr", qr_code)) if v}
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of CARD_NUMBER, --pin, --qr")
     host, port = reader.rsplit(":", 1)
     try:
         with socket.create_connection((host, int(port)), timeout=5) as conn:
-            conn.sendall(json.dumps({"device_id": device, "card_number": card_number}).encode() + b"\n")
+            conn.sendall(json.dumps({"device_id": device, **given}).encode() + b"\n")
             reply = conn.makefile().readline()
     except OSError as exc:
         raise click.ClickException(f"no agent answers at {reader}: {exc}") from None
@@ -160,9 +173,137 @@ def card_revoke(card_number, site):
 @click.option("--by", "requested_by", required=True)
 @click.option("--reason", required=True)
 def open_gate(gate_id, site, requested_by, reason):
-    """Open a gate remotely (pushed to its agent)."""
+    """Open a gate remotely (through the console: refused when the gate's agent is offline)."""
+    _print(_console("POST", f"/api/sites/{site}/gates/{gate_id}/open",
+                    {"requested_by": requested_by, "reason": reason}))
+
+
+@main.command("qr")
+@click.argument("person_id")
+@click.option("--minutes", default=5, show_default=True)
+def person_qr(person_id, minutes):
+    """A short-lived QR code for a person (what a resident's phone shows)."""
+    click.echo(_console("POST", f"/api/people/{person_id}/qr", {"minutes": minutes})["code"])
+
+
+@main.command("visitor")
+@click.argument("name")
+@click.option("--site", required=True)
+@click.option("--host-unit", required=True, help="The unit visited, e.g. 1-2-301.")
+@click.option("--purpose", required=True)
+@click.option("--by", "registered_by", required=True, help="Who registers: a resident's id or the guard house.")
+@click.option("--hours", default=4, show_default=True, help="The pass is valid from now for this long.")
+@click.option("--uses", default=4, show_default=True, help="Passages allowed.")
+@click.option("--gate", "gate_ids", multiple=True, help="Allowed gate (repeatable; default every gate).")
+@click.option("--id-number", default=None, help="Walk-in: the ID document number (stored masked).")
+@click.option("--svg", type=click.Path(dir_okay=False), help="Write the pass's QR code here as SVG.")
+def visitor(name, site, host_unit, purpose, registered_by, hours, uses, gate_ids, id_number, svg):
+    """Register a visitor and print the pass (QR code)."""
+    from datetime import UTC, datetime, timedelta
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    body = {"name": name, "purpose": purpose, "registered_by": registered_by, "host_unit_id": host_unit,
+            "expected_from": start.isoformat(), "expected_until": (start + timedelta(hours=hours)).isoformat(),
+            "max_uses": uses, "walk_in": bool(id_number)}
+    if gate_ids:
+        body["gate_ids"] = list(gate_ids)
+    if id_number:
+        body["id_number"] = id_number
+    result = _console("POST", f"/api/sites/{site}/visitors", body)
+    if svg:
+        with open(svg, "w") as f:
+            f.write(result["qr_svg"])
+    _print({k: v for k, v in result.items() if k != "qr_svg"})
+
+
+@main.command("alarms")
+@click.option("--site", required=True)
+@click.option("--all", "show_all", is_flag=True, help="Cleared ones too.")
+def alarms(site, show_all):
+    """Alarms at a site: open ones (raised or acknowledged) unless --all."""
+    for alarm in _console("GET", f"/api/sites/{site}/alarms" + ("" if show_all else "?state=open")):
+        by = f" by {alarm['acknowledged_by']}" if alarm.get("acknowledged_by") else ""
+        click.echo(f"{alarm['alarm_id']:>6}  {alarm['state']:<12}{by:<14} {alarm['kind']:<24} "
+                   f"{alarm['gate_id']:<14} {alarm['raised_at']}")
+
+
+@main.command("ack")
+@click.argument("alarm_id", type=int)
+@click.option("--operator", required=True)
+@click.option("--clear", is_flag=True, help="Close the alarm, not only acknowledge it.")
+def acknowledge(alarm_id, operator, clear):
+    """Acknowledge (or --clear) an alarm."""
+    _print(_console("POST", f"/api/alarms/{alarm_id}/{'clear' if clear else 'acknowledge'}", {"operator": operator}))
+
+
+@main.command("emergency")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--site", required=True)
+@click.option("--by", "actor", required=True)
+@click.option("--reason", default="")
+def emergency(state, site, actor, reason):
+    """Emergency mode: every turnstile of the site free in the exit direction (on), or back (off)."""
+    _print(_console("POST", f"/api/sites/{site}/emergency", {"active": state == "on", "actor": actor,
+                                                             "reason": reason}))
+
+
+@main.command("presence")
+@click.option("--site", required=True)
+@click.option("--zone", default=None)
+def presence(site, zone):
+    """Who is inside each zone now (for an evacuation roll call)."""
+    people = _console("GET", f"/api/sites/{site}/presence" + (f"?zone_id={zone}" if zone else ""))
+    for p in people:
+        click.echo(f"{p['zone_id']:<12} {p['person_id']:<14} {p.get('name') or '':<16} since {p['since']} "
+                   f"via {p['gate_id']}")
+    click.echo(f"{len(people)} inside")
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--site", required=True)
+@click.option("--kind", type=click.Choice(["units", "people"]), default=None,
+              help="For a CSV or a one-sheet workbook; a workbook with sheets 'units' and 'people' needs none.")
+@click.option("--valid-only", is_flag=True, help="Import the valid rows even though others have errors.")
+@click.option("--dry-run", is_flag=True, help="Check every row, import nothing.")
+@click.option("--by", "actor", default="cli", show_default=True)
+def import_file(path, site, kind, valid_only, dry_run, actor):
+    """Bulk import units or people (with cards, PINs, groups) from CSV or XLSX.
+
+    Every row is checked first, with a progress bar; a file with errors imports nothing unless
+    --valid-only. The access service checks again and writes everything in one transaction.
+    """
+    from pathlib import Path
+
+    from services.access import importing
+    data = Path(path).read_bytes()
+    try:
+        tables = importing.read_table(Path(path).name, data, kind)
+    except importing.ImportFileError as exc:
+        raise click.ClickException(str(exc)) from None
     with _rpc() as rpc:
-        _print(rpc.access.request_gate_open(site, gate_id, requested_by, reason))
+        context = rpc.access.import_context(site)
+    from services.access.bulk import PinKeys
+    existing = importing.Existing(timezone=context["timezone"], pins=PinKeys(site, context["pin_keys"]),
+                                  **{k: frozenset(context[k]) for k in ("person_ids", "unit_ids", "card_numbers",
+                                                                        "group_ids")})
+    total = sum(len(rows) for rows in tables.values())
+    with click.progressbar(length=total, label="checking rows", file=sys.stderr) as bar:
+        done = [0]
+
+        def progress(n, _total):
+            bar.update(n - done[0])
+            done[0] = n
+        plan = importing.plan_import(tables, existing, progress)
+    for row in plan.report:
+        if row.errors:
+            click.echo(f"{row.sheet} row {row.row} ({row.key or '?'}): " + "; ".join(row.errors), err=True)
+    click.echo(f"{plan.row_count} rows, {plan.error_count} with errors", err=True)
+    if dry_run or (plan.error_count and not valid_only):
+        raise SystemExit(0 if dry_run and not plan.error_count else 1)
+    query = f"?filename={urllib.parse.quote(Path(path).name)}&actor={urllib.parse.quote(actor)}"
+    query += (f"&kind={kind}" if kind else "") + ("&valid_only=1" if valid_only else "")
+    click.echo("importing ...", err=True)
+    _print(_console("POST", f"/api/sites/{site}/imports{query}", raw=data, timeout=180))
 
 
 # -- simulators and the demo ---------------------------------------------------------------------

@@ -17,8 +17,10 @@ for _ in $(seq 1 60); do
 done
 gatehouse status >/dev/null 2>&1 || { echo "the console did not come up; see var/log/"; $CTL status; exit 1; }
 echo "seeding the demo estate:"
-gatehouse demo seed
-sleep 1
+gatehouse demo seed | tee var/demo/seed.txt
+sleep 2
+# an alarm to look at: someone forces the garage door
+gatehouse sim force --port 15022 >/dev/null && echo "  forced garage-door once: a door_forced alarm is raised"
 $CTL status
 cat <<TXT
 
@@ -32,6 +34,14 @@ Try it:
   .venv/bin/gatehouse present 99999 --device t1     # unknown card: denied
   .venv/bin/gatehouse sim force --port 15022        # someone forces t2: door_forced
   .venv/bin/gatehouse events                        # what the centre recorded, newest first
+  .venv/bin/gatehouse present 20002 --device t1     # Zhao Lei, cleaner: only in cleaning hours (Asia/Shanghai)
+  .venv/bin/gatehouse present --pin 246810 --device t1               # Wang Fang's PIN
+  .venv/bin/gatehouse present --qr "\$(tail -1 var/demo/seed.txt | awk '{print \$NF}')" --device t1   # the visitor pass
+  .venv/bin/gatehouse qr p-zhangmin                 # a resident's 5-minute QR code (try it with --qr)
+  .venv/bin/gatehouse alarms --site demo            # the forced door; acknowledge: gatehouse ack ID --operator you
+  .venv/bin/gatehouse presence --site demo          # who is inside the estate now
+  .venv/bin/gatehouse emergency on --site demo --by you --reason drill    # every turnstile free to exit
+  .venv/bin/gatehouse import people.csv --site demo --kind people        # bulk import (CSV or XLSX)
 
   $CTL stop edgelink     # the centre is gone: cards still work, events wait in the outbox
   $CTL start edgelink    # ... and arrive once each, in order
@@ -39,6 +49,7 @@ Try it:
 Where to look:
   http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/health    each service and agent
   http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/events    recorded access events (JSON, paged)
+  http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/sites/demo/alarms   alarms; more endpoints: deploy/README.md
   var/log/<process>.log                      each process's log (JSON lines)
 Stop everything with: make stop
 TXT

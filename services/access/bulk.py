@@ -16,7 +16,7 @@ from services.access.tables import access_groups, cards, people, sites, units
 CHUNK = 2000
 
 
-class _PinKeys(frozenset):
+class PinKeys(frozenset):
     """The site's active PINs, stored as keys: a PIN from the file is hashed to be looked up."""
 
     def __new__(cls, site_id: str, keys):
@@ -39,7 +39,7 @@ def existing(conn, site_id: str) -> importing.Existing:
         person_ids=frozenset(p for (p,) in conn.execute(select(people.c.person_id))),
         unit_ids=frozenset(u for (u,) in conn.execute(select(units.c.unit_id).where(units.c.site_id == site_id))),
         card_numbers=frozenset(c for c, k in active_cards if k == "card"),
-        pins=_PinKeys(site_id, (c for c, k in active_cards if k == "pin")),
+        pins=PinKeys(site_id, (c for c, k in active_cards if k == "pin")),
         group_ids=frozenset(g for (g,) in conn.execute(select(access_groups.c.group_id)
                                                        .where(access_groups.c.site_id == site_id))))
 

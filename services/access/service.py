@@ -173,6 +173,14 @@ class AccessService:
         return self._write(bulk.run_import, site_id, filename, data, kind, actor, valid_only, dry_run)
 
     @rpc
+    def import_context(self, site_id):
+        """What an import is checked against, so that a client can check a file before sending it."""
+        with self.db.connect() as conn:
+            existing = bulk.existing(conn, site_id)
+        return {"timezone": existing.timezone, **{k: sorted(getattr(existing, k)) for k in (
+            "person_ids", "unit_ids", "card_numbers", "group_ids")}, "pin_keys": sorted(existing.pins)}
+
+    @rpc
     def publish_snapshot(self, site_id):
         """Send everything of a site to the gates again (edgelink asks when its projection is new)."""
         return self._write(store.record_snapshot, site_id)
