@@ -1,5 +1,6 @@
-"""What the benchmarks share: a running stack on SQLite in a private vhost, and the two
-ingest measurements (ours and the plain-kombu baseline)."""
+"""What the benchmarks share: a running stack on SQLite in a private vhost, the site with
+100,000 cardholders (bench/access.py), and the two ingest measurements (ours and the
+plain-kombu baseline)."""
 from __future__ import annotations
 
 import asyncio
@@ -34,6 +35,30 @@ def stack(database: str = "sqlite"):
         finally:
             s.close()
             db.drop()
+
+
+@contextlib.contextmanager
+def big_site(n: int | None = None, console: bool = False, progress=print):
+    """A stack (access, edgelink, simulated t1 and t2, agent registered but not started) whose
+    site has n people (default 100,000) with one card each, already in edgelink's projection.
+
+    Yields (stack, site_version, credential_items): what a fresh agent must end up holding."""
+    from bench import access
+    n = n or access.N
+    with stack() as s:
+        s.start_access()
+        s.start_edgelink()
+        for device in ("t1", "t2"):
+            s.start_sim(device)
+        if console:
+            s.start_console()
+        s.register_agent()
+        started = time.perf_counter()
+        access.build_site(s, n, progress=progress)
+        version, credentials = access.wait_projection(s, 2 * n)
+        progress(f"    site of {n} people in edgelink's projection after {time.perf_counter() - started:.1f} s "
+                 f"(version {version}, {credentials} credential items)")
+        yield s, version, credentials
 
 
 def wait_synced(s: Stack, card: str) -> None:

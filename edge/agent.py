@@ -139,7 +139,7 @@ class Agent:
             return {"error": f"unknown device {device_id!r}"}
         gate_id = self.gate_of[device_id]
         now, trusted = self.clock.now()
-        if self.data_age(now) > self.loaded.site.sync_grace_s and self.link.syncing:
+        if self.data_age(now) > self.loaded.site.sync_grace_s and (self.link.syncing or self.link.online):
             # back in touch after a long time: old data must not open for a since-revoked card
             try:
                 await asyncio.wait_for(self.link.caught_up.wait(), self.loaded.site.sync_wait_s)

@@ -42,6 +42,7 @@ class CentreLink:
         self.on_server_time = on_server_time
         self.syncing = False          # the centre answered Hello and the sync stream is open
         self.caught_up = asyncio.Event()   # set while the copy is known to be complete
+        self.centre_back = asyncio.Event()  # set when a call works again: the others retry at once
         self.upload_batch = upload_batch
         self.outbox_changed = asyncio.Event()
         self.online = False          # the last call to the centre worked
@@ -52,6 +53,10 @@ class CentreLink:
     def _set_online(self, value: bool, why: str = "") -> None:
         if value != self.online:
             self.online = value
+            if value:
+                self.centre_back.set()
+            else:
+                self.centre_back.clear()
             log.info("centre link %s", "up" if value else "down", extra={"reason": why})
 
     async def start(self) -> None:
@@ -106,7 +111,7 @@ class CentreLink:
                 self._set_online(False, f"sync: {exc.code().name}: {exc.details()}")
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     log.error("the centre refused this agent's secret", extra={"detail": exc.details()})
-            await backoff.sleep()
+            await backoff.sleep(self.centre_back)
 
     # -- upload ---------------------------------------------------------------------------------
 
@@ -148,4 +153,4 @@ class CentreLink:
                     await self.on_command(command)
             except grpc.aio.AioRpcError:
                 pass
-            await backoff.sleep()
+            await backoff.sleep(self.centre_back)

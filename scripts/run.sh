@@ -41,7 +41,7 @@ Try it:
   .venv/bin/gatehouse alarms --site demo            # the forced door; acknowledge: gatehouse ack ID --operator you
   .venv/bin/gatehouse presence --site demo          # who is inside the estate now
   .venv/bin/gatehouse emergency on --site demo --by you --reason drill    # every turnstile free to exit
-  .venv/bin/gatehouse import people.csv --site demo --kind people        # bulk import (CSV or XLSX)
+  .venv/bin/gatehouse import deploy/demo/people.csv --site demo --kind people   # bulk import (CSV or XLSX)
 
   $CTL stop edgelink     # the centre is gone: cards still work, events wait in the outbox
   $CTL start edgelink    # ... and arrive once each, in order

@@ -99,7 +99,7 @@ def create_site(conn, site_id: str, name: str, timezone: str = "Asia/Shanghai") 
         conn.execute(update(sites).where(sites.c.site_id == site_id).values(name=name, timezone=timezone))
     else:
         conn.execute(insert(sites).values(site_id=site_id, name=name, timezone=timezone, emergency=False))
-        ensure_signing_key(conn, site_id)
+    ensure_signing_key(conn, site_id)      # also for sites made before QR codes existed
     _record(conn, site_id, [settings_item(conn, site_id)])
     return {"site_id": site_id, "name": name, "timezone": timezone}
 
