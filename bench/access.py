@@ -415,6 +415,55 @@ def revoke_round_trips(s: Stack, n: int = 50, seed: int = 3) -> list[float]:
     return latencies
 
 
+def decisions_during_resync(s: Stack, cards, timeout: float = 300) -> tuple[list[float], float]:
+    """Decision latencies (ms) while the agent takes a full re-sync of the site: access publishes
+    a snapshot (what it does when edgelink's projection is new or rebuilt), every item gets a new
+    version, and the agent streams all of them again while it keeps deciding. Cards in pairs at
+    t1 then t2, as in the edge benchmark. Returns (latencies, seconds the re-sync took)."""
+    import threading
+
+    from bench.harness import reader
+    with edgelink_db(s) as query:
+        before, _ = projection_state(query, s.site_id)
+    failure: list[BaseException] = []
+
+    def snapshot():
+        try:
+            with rpc(s, timeout=timeout) as r:
+                r.access.publish_snapshot(s.site_id)
+        except BaseException as exc:   # raised below
+            failure.append(exc)
+
+    agent = sqlite3.connect(f"file:{s.tmp / 'edge' / 'agent.db'}?mode=ro", uri=True, timeout=10)
+    latencies: list[float] = []
+    try:
+        thread = threading.Thread(target=snapshot, daemon=True)
+        started = time.perf_counter()
+        thread.start()
+        wait_for(lambda: agent_position(agent) > before, timeout=60, interval=0.005, what="the re-sync to start")
+        with edgelink_db(s) as query, reader(s) as present:
+            i, card, done = 0, None, False
+            while not done:
+                if i % 2 == 0:
+                    card = next(cards)
+                t = time.perf_counter()
+                reply = present("t1" if i % 2 == 0 else "t2", card)
+                latencies.append((time.perf_counter() - t) * 1000)
+                assert reply["granted"] and reply["unlocked"], reply
+                i += 1
+                if i % 2 == 0 and not thread.is_alive():
+                    # access has published everything; done once the agent holds all of it
+                    done = agent_position(agent) >= projection_state(query, s.site_id)[0]
+                if time.perf_counter() - started > timeout:
+                    raise AssertionError("the agent did not finish the re-sync")
+        elapsed = time.perf_counter() - started
+    finally:
+        agent.close()
+    if failure:
+        raise failure[0]
+    return latencies, elapsed
+
+
 # -- the agent's memory -------------------------------------------------------------------------
 
 def rss_mb(pid: int) -> dict:
