@@ -49,7 +49,7 @@ Try it:
 Where to look:
   http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/health    each service and agent
   http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/events    recorded access events (JSON, paged)
-  http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/sites/demo/alarms   alarms; more endpoints: deploy/README.md
+  http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/sites/demo/alarms   alarms; every endpoint: docs/access.md
   var/log/<process>.log                      each process's log (JSON lines)
 Stop everything with: make stop
 TXT

@@ -291,6 +291,14 @@ def test_zone_alarms_remote_open_and_emergency(stack, tmp_path):
     inside = wait_for(lambda: ok(stack, "GET", f"/api/sites/{site}/presence?zone_id=estate") or None, timeout=15,
                       what="presence")
     assert [(p["person_id"], p["gate_id"]) for p in inside] == [("bob", "north")]
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    guest = ok(stack, "POST", f"/api/sites/{site}/visitors", {
+        "name": "Lu Xun", "purpose": "visit", "registered_by": "ann", "host_unit_id": "1-1-101",
+        "expected_from": start.isoformat(), "expected_until": (start + timedelta(hours=1)).isoformat()})
+    assert stack.present("t1", qr=guest["code"])["granted"]
+    visitors_inside = wait_for(lambda: [p for p in ok(stack, "GET", f"/api/sites/{site}/presence")
+                                        if p["kind"] == "visitor"] or None, timeout=15, what="the visitor inside")
+    assert visitors_inside[0]["name"] == "Lu Xun" and visitors_inside[0]["unit_id"] == "1-1-101"
 
     # alarms: forced door (operator acknowledges, then clears), held open and device offline clear themselves
     sim(stack, "t1", trigger, "forced")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import case, func, insert, select, update
 
 from services.access import passes, store
 from services.access.store import InvalidInput, NotFound, _check_text
-from services.access.tables import alarms, gates, people, presence, remote_opens, sites
+from services.access.tables import alarms, gates, people, presence, remote_opens, sites, visitors
 
 RAISED, ACKNOWLEDGED, CLEARED = "raised", "acknowledged", "cleared"
 OPEN_STATES = (RAISED, ACKNOWLEDGED)
@@ -135,9 +135,13 @@ def _move(conn, row: dict, attributes: dict) -> None:
 
 def who_is_inside(conn, site_id: str, zone_id: str | None = None) -> list[dict]:
     """For evacuation: everyone whose last movement in a zone was an entry, with where and when."""
-    query = (select(presence.c.zone_id, presence.c.person_id, presence.c.since, presence.c.gate_id, people.c.name,
-                    people.c.kind, people.c.phone, people.c.unit_id)
+    query = (select(presence.c.zone_id, presence.c.person_id, presence.c.since, presence.c.gate_id,
+                    func.coalesce(people.c.name, visitors.c.name).label("name"),
+                    func.coalesce(people.c.kind, case((visitors.c.visitor_id.is_not(None), "visitor"))).label("kind"),
+                    func.coalesce(people.c.phone, visitors.c.phone).label("phone"),
+                    func.coalesce(people.c.unit_id, visitors.c.host_unit_id).label("unit_id"))
              .outerjoin(people, people.c.person_id == presence.c.person_id)
+             .outerjoin(visitors, visitors.c.visitor_id == presence.c.person_id)
              .where(presence.c.site_id == site_id, presence.c.inside.is_(True))
              .order_by(presence.c.zone_id, presence.c.since))
     if zone_id:
