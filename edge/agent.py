@@ -190,7 +190,8 @@ class Agent:
             key = rules.pin_key(self.loaded.site.site_id, str(pin))
             return key, self.store.credential(key), ""
         if qr_code is None:
-            return str(card_number), self.store.credential(str(card_number)), ""
+            key = rules.card_key(card_number)
+            return key, self.store.credential(key), ""
         try:
             claims = qr.verify(qr_code.strip(), self.qr_keys, self.loaded.site.site_id)
         except qr.InvalidCode as exc:

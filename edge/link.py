@@ -19,6 +19,7 @@ from gatehouse.edge.v1 import edge_pb2 as pb
 from gatehouse.edge.v1 import edge_pb2_grpc as pb_grpc
 
 log = logging.getLogger("edge.link")
+APPLY_CHUNK = 200   # sync changes applied per transaction: ~1-2 ms, so a decision never waits long
 
 
 def _event_message(e: dict) -> pb.EdgeEvent:
@@ -96,7 +97,13 @@ class CentreLink:
                 async for batch in stream:
                     policy_changed = False
                     if batch.changes or batch.epoch != epoch:
-                        policy_changed = self.store.apply_changes(batch.changes, batch.cursor, batch.epoch)
+                        changes = batch.changes
+                        for start in range(0, max(len(changes), 1), APPLY_CHUNK):
+                            last = start + APPLY_CHUNK >= len(changes)
+                            policy_changed |= self.store.apply_changes(changes[start:start + APPLY_CHUNK],
+                                                                       batch.cursor if last else None, batch.epoch)
+                            if not last:
+                                await asyncio.sleep(0)   # let decisions waiting on the loop go first
                         epoch = batch.epoch
                     if batch.caught_up:
                         self.synced_at = time.monotonic()

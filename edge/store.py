@@ -53,9 +53,15 @@ class EdgeStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed event survives a power cut at the gate, not only a crash.
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.db.execute("PRAGMA busy_timeout=5000")
         self._upgrade()
         self.db.executescript(SCHEMA)
         self.set_meta("schema", SCHEMA_VERSION)
+        # The synced copy is written on its own connection without an fsync per commit: it can
+        # always be fetched again, and its commits must not delay the outbox's.
+        self.sync_db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.sync_db.execute("PRAGMA synchronous=NORMAL")
+        self.sync_db.execute("PRAGMA busy_timeout=5000")
 
     def _upgrade(self) -> None:
         """A file from an older agent: keep the outbox, drop the synced copy and sync it again."""
@@ -77,6 +83,7 @@ class EdgeStore:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
+        self.sync_db.close()
         self.db.close()
 
     # -- credentials --------------------------------------------------------------------------
@@ -90,9 +97,12 @@ class EdgeStore:
                           group_ids=frozenset(row[7].split(SEP)) if row[7] else frozenset(),
                           person_kind=row[8], max_uses=row[9], uses=row[10])
 
-    def apply_changes(self, changes, cursor: int, epoch: str) -> bool:
-        """One sync batch, with the position (epoch, cursor) it brings us to, in one transaction.
+    def apply_changes(self, changes, cursor: int | None, epoch: str) -> bool:
+        """Part of a sync batch, in one transaction; with `cursor`, the position it completes.
 
+        A batch may be applied in several parts (so that decisions need not wait for a whole
+        batch); only the last part moves the cursor. A part that starts another epoch resets the
+        cursor to 0 with it, so a crash half way through a new epoch syncs everything again.
         Returns whether anything but credentials changed (the agent then reloads its policy).
         """
         credentials, items, removed = [], [], []
@@ -110,17 +120,21 @@ class EdgeStore:
                 key = "" if kind == "settings" else getattr(message, "group_id", None) or \
                     getattr(message, "profile_id", None) or message.zone_id
                 items.append((kind, key, message.SerializeToString()))
-        with self.db:
-            self.db.execute("BEGIN")
-            if epoch != self.position[0]:
-                # another epoch streams everything again: what it does not send does not exist
-                self.db.execute("DELETE FROM items WHERE kind != 'settings'")
-            self.db.executemany("INSERT OR REPLACE INTO credentials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                credentials)
-            self.db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", items)
-            self.db.executemany("DELETE FROM items WHERE kind = ? AND key = ?", removed)
-            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                [("cursor", str(cursor)), ("epoch", epoch)])
+        db = self.sync_db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            current = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            if epoch != (current[0] if current else ""):
+                # another epoch streams everything again: its groups, profiles and zones replace
+                # ours (credentials stay until overwritten: a card must not stop working while
+                # the new epoch streams in, and access never deletes a card's key)
+                db.execute("DELETE FROM items WHERE kind != 'settings'")
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("cursor", "0"), ("epoch", epoch)])
+            db.executemany("INSERT OR REPLACE INTO credentials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", credentials)
+            db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", items)
+            db.executemany("DELETE FROM items WHERE kind = ? AND key = ?", removed)
+            if cursor is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('cursor', ?)", (str(cursor),))
         return bool(items or removed)
 
     def policy(self) -> tuple[rules.SitePolicy, dict[str, bytes]]:

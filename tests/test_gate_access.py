@@ -142,6 +142,12 @@ def _credentials_schedules_and_visitors(stack, monkeypatch, arrivals):
     ok(stack, "POST", f"/api/sites/{site}/holidays", {"day": local_now().date().isoformat(), "remove": True})
     until_decided(stack, "t1", "granted", card_number="4001")
 
+    # hex card numbers are one card whatever the case a reader or a file uses
+    ok(stack, "POST", "/api/people/dee/cards", {"card_number": "00ab12ff"})
+    until_decided(stack, "t1", "granted", card_number="00AB12FF")
+    code, answer = api(stack, "POST", "/api/people/bob/cards", {"card_number": "00AB12FF"})
+    assert code == 400 and "already issued" in answer["error"]
+
     # a PIN: known at the gate only as a hash
     ok(stack, "POST", "/api/people/dee/pin", {"pin": "246810"})
     until_decided(stack, "t1", "granted", pin="246810")

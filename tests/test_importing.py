@@ -91,7 +91,7 @@ def test_good_csv_files_are_all_valid_and_normalized():
     shanghai = timedelta(hours=8)
     assert ann == {
         "person_id": "p1", "name": "张三", "kind": "resident", "role": None, "unit_id": "3-2-1201",
-        "phone": "+8613800138000", "card_numbers": ["10002", "0a0b0c"], "pin": "0123", "groups": ["residents"],
+        "phone": "+8613800138000", "card_numbers": ["10002", "0A0B0C"], "pin": "0123", "groups": ["residents"],
         "valid_from": datetime(2025, 12, 31, 16, 0, tzinfo=UTC),
         "valid_until": datetime(2026, 12, 31, 15, 59, tzinfo=UTC),
     }

@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from services.access.rules import PERSON_KINDS
+from services.access.rules import CARD_NUMBER, PERSON_KINDS
 
 UNITS, PEOPLE = "units", "people"
 SHEETS = (UNITS, PEOPLE)
@@ -42,7 +42,7 @@ PROGRESS_EVERY = 500
 MAX_NAME, MAX_ROLE, MAX_UNIT_PART = 200, 64, 64     # the columns' sizes in services/access/tables.py
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-CARD_RE = re.compile(r"[0-9A-Fa-f]{4,32}")
+CARD_RE = CARD_NUMBER
 PIN_RE = re.compile(r"[0-9]{4,8}")
 PHONE_RE = re.compile(r"\+?[0-9]{6,20}")
 AREA_RE = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,2})?")
@@ -559,7 +559,7 @@ def _plan_people(rows: Table, existing: Existing, times: _Times, units_in_file: 
             if key in card_keys:
                 continue                                              # listed twice in the same row
             card_keys.add(key)
-            cards.append(card)
+            cards.append(key)                                         # stored as rules.card_key spells it
             if key in cards_active:
                 errors.append(f"card_numbers: {_quote(card)} is already issued to another person")
             card_duplicates.see(key, card, report)

@@ -6,6 +6,7 @@ site's time zone.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -115,6 +116,14 @@ class Decision:
     alarm: str = ""                  # set when granted with an alarm (soft anti-passback)
     zone_id: str = ""
     direction: str = ""              # the zone movement this passage makes, if any
+
+
+CARD_NUMBER = re.compile(r"[0-9A-Fa-f]{4,32}")      # an IC card's number as readers send it: hex
+
+
+def card_key(card_number) -> str:
+    """One spelling per card: readers and files differ in the case of hex digits."""
+    return str(card_number).strip().upper()
 
 
 def pin_key(site_id: str, pin: str) -> str:

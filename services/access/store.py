@@ -55,7 +55,6 @@ def _require(conn, table, key_col, key, what):
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_CARD = re.compile(r"^[0-9A-Za-z]{1,32}$")
 
 
 def _check_id(value, what):
@@ -382,9 +381,9 @@ def issue_card(conn, person_id: str, card_number: str, valid_from=None, valid_un
             raise InvalidInput("pin must be 4 to 8 digits")
         key = rules.pin_key(site_id, card_number)
     elif kind == "card":
-        if not isinstance(card_number, str) or not _CARD.match(card_number.strip()):
-            raise InvalidInput(f"card_number must be 1-32 letters or digits, got {card_number!r}")
-        key = card_number.strip()
+        if not isinstance(card_number, str) or not rules.CARD_NUMBER.fullmatch(card_number.strip()):
+            raise InvalidInput(f"card_number must be 4 to 32 hex digits, got {card_number!r}")
+        key = rules.card_key(card_number)
     else:
         raise InvalidInput("kind must be card or pin")
     start, end = _parse_time(valid_from, "valid_from"), _parse_time(valid_until, "valid_until")
@@ -408,6 +407,7 @@ def issue_card(conn, person_id: str, card_number: str, valid_from=None, valid_un
 
 def revoke_card(conn, site_id: str, card_number: str, status: str = rules.REVOKED) -> None:
     serialize_writers(conn, CREDENTIALS_LOCK)
+    card_number = card_number if card_number.startswith("pin:") else rules.card_key(card_number)
     row = conn.execute(select(cards).where(and_(cards.c.site_id == site_id,
                                                 cards.c.card_number == card_number))).mappings().first()
     if row is None:
@@ -419,11 +419,13 @@ def revoke_card(conn, site_id: str, card_number: str, status: str = rules.REVOKE
 def replace_card(conn, site_id: str, old_card: str, new_card: str, actor: str) -> dict:
     """A lost card: the old one stops, the new one gets the same holder and validity."""
     serialize_writers(conn, CREDENTIALS_LOCK)
+    old_card = rules.card_key(old_card)
     old = conn.execute(select(cards).where(and_(cards.c.site_id == site_id, cards.c.card_number == old_card,
                                                 cards.c.kind == "card"))).mappings().first()
     if old is None:
         raise NotFound(f"unknown card {old_card!r} at site {site_id!r}")
     result = issue_card(conn, old["person_id"], new_card, old["valid_from"], old["valid_until"])
+    new_card = result["card_number"]
     conn.execute(update(cards).where(cards.c.id == old["id"]).values(status="lost", replaced_by=new_card,
                                                                     updated_at=_now()))
     audit(conn, site_id, _check_text(actor, "actor", 100), "card_replaced", old_card, new_card=new_card,

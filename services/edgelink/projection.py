@@ -61,6 +61,7 @@ class Projection:
     def __init__(self, engine):
         self.engine = engine
         self.changed = threading.Condition()   # notified after every applied change
+        self.generation = 0                    # +1 per applied change, under `changed`
 
     def apply(self, site_id: str, revision: int, site_items: list[dict]) -> int:
         """Apply access's `site_data_changed` (idempotent: older or equal revisions are ignored).
@@ -89,6 +90,7 @@ class Projection:
                              .values(version=base + len(rows)))
             version = base + len(rows)
         with self.changed:
+            self.generation += 1
             self.changed.notify_all()
         return version
 
@@ -118,6 +120,8 @@ class Projection:
             changes.append(change)
         return changes
 
-    def wait_for_change(self, timeout: float) -> None:
+    def wait_for_change(self, seen_generation: int, timeout: float) -> None:
+        """Wait until something changed after `seen_generation` (read before the last query), so
+        a change that lands between the query and the wait is not slept through."""
         with self.changed:
-            self.changed.wait(timeout)
+            self.changed.wait_for(lambda: self.generation != seen_generation, timeout)

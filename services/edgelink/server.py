@@ -155,6 +155,7 @@ class EdgeLink:
             while context.is_active() and not self.stopping.is_set():
                 if not epoch:   # the site's projection did not exist yet; it may now
                     epoch, _ = self.projection.position(site_id)
+                generation = self.projection.generation
                 changes = self.projection.changes_since(site_id, cursor, SYNC_BATCH)
                 if changes:
                     cursor = changes[-1].version
@@ -169,7 +170,7 @@ class EdgeLink:
                     caught_up_sent, idle_since = True, time.monotonic()
                 if not request.follow:
                     return
-                self.projection.wait_for_change(timeout=SYNC_IDLE_S)
+                self.projection.wait_for_change(generation, timeout=SYNC_IDLE_S)
         finally:
             self._close_stream(agent_id)
 
