@@ -90,7 +90,7 @@ def bench_edge(n: int = 1000) -> dict:
         rss_synced = access.rss_mb(pid)
         online = _present_many(stack, n, cards, "online")
         rss_used = access.rss_mb(pid)
-        resync, resync_s = access.decisions_during_resync(stack, cards)
+        resync, resync_s, resync_inside, resync_decided = access.decisions_during_resync(stack, cards)
         print(f"    {len(resync)} decisions during a full re-sync of {resync_s:.1f} s", flush=True)
         rss_resynced = access.rss_mb(pid)
         stack.stop("edgelink")
@@ -128,6 +128,9 @@ def bench_edge(n: int = 1000) -> dict:
         "edge.decision_during_resync_p50_ms": round(statistics.median(resync), 3),
         "edge.decision_during_resync_p99_ms": round(percentile(resync, 99), 3),
         "edge.decision_during_resync_max_ms": round(max(resync), 3),
+        # the agent's own part of the same decisions (reader round trip and queueing excluded)
+        "edge.decision_during_resync_agent_p99_ms": round(percentile(resync_inside, 99), 3),
+        "edge.decision_during_resync_decided_p99_ms": round(percentile(resync_decided, 99), 3),
         # the three-person site, as measured before the 100k site existed
         "edge.decision_small_p50_ms": round(statistics.median(small), 3),
         "edge.decision_small_p99_ms": round(percentile(small, 99), 3),

@@ -415,11 +415,14 @@ def revoke_round_trips(s: Stack, n: int = 50, seed: int = 3) -> list[float]:
     return latencies
 
 
-def decisions_during_resync(s: Stack, cards, timeout: float = 300) -> tuple[list[float], float]:
+def decisions_during_resync(s: Stack, cards, timeout: float = 300) -> tuple[list[float], float, list[float],
+                                                                          list[float]]:
     """Decision latencies (ms) while the agent takes a full re-sync of the site: access publishes
     a snapshot (what it does when edgelink's projection is new or rebuilt), every item gets a new
     version, and the agent streams all of them again while it keeps deciding. Cards in pairs at
-    t1 then t2, as in the edge benchmark. Returns (latencies, seconds the re-sync took)."""
+    t1 then t2, as in the edge benchmark. Returns (latencies, seconds the re-sync took, the
+    agent's own time per decision: from request read to reply, without the reader round trip, and
+    the part of it before the unlock command: deciding and committing the event)."""
     import threading
 
     from bench.harness import reader
@@ -436,6 +439,8 @@ def decisions_during_resync(s: Stack, cards, timeout: float = 300) -> tuple[list
 
     agent = sqlite3.connect(f"file:{s.tmp / 'edge' / 'agent.db'}?mode=ro", uri=True, timeout=10)
     latencies: list[float] = []
+    inside: list[float] = []
+    decided: list[float] = []
     try:
         thread = threading.Thread(target=snapshot, daemon=True)
         started = time.perf_counter()
@@ -449,6 +454,8 @@ def decisions_during_resync(s: Stack, cards, timeout: float = 300) -> tuple[list
                 t = time.perf_counter()
                 reply = present("t1" if i % 2 == 0 else "t2", card)
                 latencies.append((time.perf_counter() - t) * 1000)
+                inside.append(reply["ms"])
+                decided.append(reply["decided_ms"])
                 assert reply["granted"] and reply["unlocked"], reply
                 i += 1
                 if i % 2 == 0 and not thread.is_alive():
@@ -461,7 +468,7 @@ def decisions_during_resync(s: Stack, cards, timeout: float = 300) -> tuple[list
         agent.close()
     if failure:
         raise failure[0]
-    return latencies, elapsed
+    return latencies, elapsed, inside, decided
 
 
 # -- the agent's memory -------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import signal
+import sqlite3
 import time
 
 from edge.clock import TrustedClock
@@ -34,6 +35,7 @@ from gatehouse.edge.v1 import edge_pb2 as pb
 from services.access import qr, rules
 
 log = logging.getLogger("edge.agent")
+CHECKPOINT_EVERY_S = 1.0
 
 
 class Agent:
@@ -63,6 +65,7 @@ class Agent:
         self.outbox_alarm_at = site.outbox_alarm_at
         self._outbox_alarm = False
         self._reader_server = None
+        self._checkpointer: asyncio.Task | None = None
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -172,6 +175,7 @@ class Agent:
         if decision.alarm:
             self.record(device_id, decision.alarm, {"card_number": key, "person_id": credential.person_id,
                                                     "zone_id": decision.zone_id})
+        decided_ms = (time.perf_counter() - started) * 1000
         unlocked = False
         if decision.granted:
             try:
@@ -182,7 +186,7 @@ class Agent:
         return {"device_id": device_id, "card_number": key if not pin else "(PIN)", "granted": decision.granted,
                 "reason": decision.reason, "alarm": decision.alarm or None, "unlocked": unlocked,
                 "offline": event["offline"], "event_id": event["event_id"],
-                "ms": round((time.perf_counter() - started) * 1000, 3)}
+                "decided_ms": round(decided_ms, 3), "ms": round((time.perf_counter() - started) * 1000, 3)}
 
     def _resolve(self, card_number, pin, qr_code, now) -> tuple[str, rules.Credential | None, str]:
         """(credential key, credential, refusal reason or "")."""
@@ -254,10 +258,21 @@ class Agent:
         host, port = self.loaded.site.reader_listen.rsplit(":", 1)
         self._reader_server = await asyncio.start_server(self._serve_reader, host, int(port))
         self._apply_emergency()
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="checkpoint")
         log.info("agent started", extra={"site_id": self.loaded.site.site_id, "reader": self.loaded.site.reader_listen,
                                          "devices": list(self.drivers), "cached_credentials": self.store.credential_count()})
 
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            try:
+                await asyncio.to_thread(self.store.checkpoint)
+            except sqlite3.Error as exc:
+                log.warning("checkpoint failed; will retry", extra={"error": str(exc)})
+
     async def stop(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
         if self._reader_server is not None:
             self._reader_server.close()
             await self._reader_server.wait_closed()

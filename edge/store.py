@@ -62,6 +62,11 @@ class EdgeStore:
         self.sync_db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.sync_db.execute("PRAGMA synchronous=NORMAL")
         self.sync_db.execute("PRAGMA busy_timeout=5000")
+        # No checkpoint inside a commit: after a large sync, the next event's commit would copy
+        # the whole WAL into the database first. checkpoint() does it, from another thread.
+        for db in (self.db, self.sync_db):
+            db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpoint_db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
     def _upgrade(self) -> None:
         """A file from an older agent: keep the outbox, drop the synced copy and sync it again."""
@@ -83,8 +88,15 @@ class EdgeStore:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
+        self._checkpoint_db.close()
         self.sync_db.close()
         self.db.close()
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy the WAL into the database without blocking readers or writers (PASSIVE); run it
+        off the event loop. Returns (WAL frames, frames copied)."""
+        _busy, frames, copied = self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return frames, copied
 
     # -- credentials --------------------------------------------------------------------------
 
