@@ -13,7 +13,7 @@ from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event, te
 
 from gatehouse import settings
 
-SERVICES_WITH_DATA = ("access", "edgelink")
+SERVICES_WITH_DATA = ("access", "edgelink", "parking")
 
 
 def engine_for(service: str, url: str | None = None, **kwargs) -> Engine:

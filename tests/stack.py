@@ -155,6 +155,14 @@ class Stack:
         with self.rpc() as rpc:
             wait_for(lambda: rpc.access.count_events() >= 0, timeout=30, interval=0.2, what="access answering")
 
+    def start_parking(self) -> None:
+        """Start the parking service and wait until it answers RPC."""
+        self.start("parking", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml",
+                               "services.parking.service"])
+        with self.rpc() as rpc:
+            wait_for(lambda: rpc.parking.list_vehicles("none") == [], timeout=30, interval=0.2,
+                     what="parking answering")
+
     def start_console(self) -> None:
         self.start("console", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml",
                                "services.console.service"])

@@ -103,7 +103,8 @@ def test_card_at_turnstile_online(stack):
     def healthy():
         h = json.loads(urllib.request.urlopen(f"{base}/api/health").read())
         agent_up = any(a["agent_id"] == stack.agent_id and a["connected"] for a in h["agents"])
-        return h if h["status"] == "ok" and agent_up else None
+        core_up = all(h["services"][s]["state"] == "up" for s in ("access", "edgelink"))
+        return h if core_up and agent_up else None
     health = wait_for(healthy, what="console health ok with the agent connected")
     assert health["services"]["access"]["state"] == "up" and health["services"]["edgelink"]["state"] == "up"
     assert health["sites"][stack.site_id] >= 3

@@ -1,0 +1,1 @@
+"""Parking: vehicles, lanes, sessions, tariffs, monthly passes and occupancy."""

@@ -1,0 +1,90 @@
+"""Parking at the centre with real processes: lane events reported over gRPC reach the parking
+service through the bus (beside access), sessions are priced, the cashier's payment through
+the console API counts once, and billing hears `parking.session_closed`."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+
+from gatehouse.bus import EventConsumer
+from gatehouse.edge.v1 import edge_pb2 as pb
+from gatehouse.edge.v1 import edge_pb2_grpc as pb_grpc
+from tests.stack import wait_for
+from tests.test_gate_access import api, ok
+
+TARIFF = {"free_minutes": 15, "first_period_minutes": 60, "first_period_fen": 500, "increment_minutes": 30,
+          "increment_fen": 200, "night_start": "", "daily_cap_fen": 3000}
+
+
+def lane_event(kind, at: datetime, seq: int, **attributes) -> pb.EdgeEvent:
+    event = pb.EdgeEvent(event_id=str(uuid.uuid4()), device_id="cam-in", gate_id=attributes["lane_id"], kind=kind,
+                         device_seq=seq, attributes={"lot_id": "lot1", **attributes})
+    event.device_time.FromDatetime(at)
+    return event
+
+
+def test_lane_events_sessions_payments_and_billing(stack):
+    stack.start_access()
+    stack.start_parking()
+    stack.start_edgelink()
+    stack.start_console()
+    secret = stack.register_agent()
+    closed = []
+    consumer = EventConsumer(stack.amqp_uri, "test.billing", [("parking", "session_closed")],
+                             lambda _type, payload: closed.append(payload))
+    consumer.start_thread()
+    assert consumer.ready.wait(10)
+    try:
+        ok(stack, "POST", "/api/lots", {"site_id": stack.site_id, "lot_id": "lot1", "name": "Garage",
+                                        "shared_capacity": 50, "tariff": TARIFF})
+        ok(stack, "POST", "/api/lots/lot1/lanes", {"lane_id": "in1", "name": "Entry", "direction": "entry"})
+        ok(stack, "POST", "/api/lots/lot1/lanes", {"lane_id": "out1", "name": "Exit", "direction": "exit"})
+        ok(stack, "POST", "/api/lots/lot1/vehicles", {"plate": "皖A12345", "kind": "resident", "holder": "1-1-101"})
+        code, answer = api(stack, "POST", "/api/lots/lot1/vehicles", {"plate": "皖A1", "kind": "monthly",
+                                                                     "holder": "x"})
+        assert code == 400 and answer["error"]
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{stack.edgelink_port}")
+        stub = pb_grpc.EdgeLinkStub(channel)
+        metadata = (("x-agent-id", stack.agent_id), ("x-agent-secret", secret))
+        entered = datetime.now(UTC) - timedelta(minutes=61)
+        batch = pb.EventBatch(events=[
+            lane_event("vehicle_entered", entered, 1, lane_id="in1", plate="苏E9K123"),
+            lane_event("vehicle_entered", entered + timedelta(seconds=2), 2, lane_id="in1", plate="苏E9K123"),
+            lane_event("vehicle_entered", entered, 3, lane_id="in1", plate="皖A12345"),
+            lane_event("plate_unconfirmed", entered, 4, lane_id="in1", plate="皖A1Z345", confidence="0.42")])
+        for _ in range(2):                      # the agent retries the same batch
+            stub.ReportEvents(batch, metadata=metadata, timeout=10)
+
+        def open_sessions():
+            rows = ok(stack, "GET", "/api/lots/lot1/sessions?status=open")
+            return rows if len(rows) == 2 else None
+        sessions = {s["plate"]: s for s in wait_for(open_sessions, timeout=20, what="two open sessions")}
+        assert sessions["皖A12345"]["kind"] == "resident" and sessions["苏E9K123"]["kind"] == "visitor"
+        reads = ok(stack, "GET", "/api/lots/lot1/reads")
+        assert [(r["plate_read"], r["confidence"]) for r in reads] == [("皖A1Z345", 0.42)]
+        assert ok(stack, "POST", f"/api/reads/{reads[0]['read_id']}/decision",
+                  {"operator": "op-li", "plate": "皖A12345"})["status"] == "confirmed"
+
+        visitor = sessions["苏E9K123"]["session_id"]
+        quote = ok(stack, "GET", f"/api/parking-sessions/{visitor}/quote")
+        assert quote["due_fen"] == 700, quote
+        for _ in range(2):                      # the cashier's terminal retries
+            paid = ok(stack, "POST", f"/api/parking-sessions/{visitor}/payments",
+                      {"payment_id": "cash-0001", "amount_fen": 700, "method": "cash", "recorded_by": "cashier-1"})
+        assert paid["paid_fen"] == 700 and len(paid["payments"]) == 1
+        code, answer = api(stack, "POST", f"/api/parking-sessions/{visitor}/payments",
+                           {"payment_id": "cash-0002", "amount_fen": -5, "method": "cash", "recorded_by": "c"})
+        assert code == 400 and "amount_fen" in answer["error"]
+
+        stub.ReportEvents(pb.EventBatch(events=[
+            lane_event("vehicle_exited", datetime.now(UTC), 5, lane_id="out1", plate="苏E9K123")]),
+            metadata=metadata, timeout=10)
+        wait_for(lambda: closed, timeout=20, what="parking.session_closed")
+        assert closed[0]["plate"] == "苏E9K123" and closed[0]["fee_fen"] == 700 and closed[0]["due_fen"] == 0
+        assert ok(stack, "GET", "/api/lots/lot1")["inside"] == 1
+        channel.close()
+    finally:
+        consumer.should_stop = True
