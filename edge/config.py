@@ -96,4 +96,7 @@ def load_site(path: str | Path) -> LoadedSite:
             profiles[device.device_id] = load_profile(profile_path)
         except ProfileError as exc:
             raise ConfigError(f"devices[{i}].profile: {exc}") from None
+        if profiles[device.device_id].kind != "turnstile":
+            raise ConfigError(f"{path}: devices[{i}].profile: a {profiles[device.device_id].kind} "
+                              "(parking lane device); the agent runs turnstiles only so far")
     return LoadedSite(path, site, secret, profiles)

@@ -6,6 +6,9 @@ out-of-range addresses, two roles on one point, duplicate YAML keys all fail), a
 names the file and the dotted field, e.g.::
 
     edge/profiles/x.yaml: points.unlock.table: Input should be 'coil'
+
+The top-level ``kind`` picks the schema: ``turnstile`` (``DeviceProfile``, also called
+``TurnstileProfile``), ``barrier`` (``BarrierProfile``) or ``display`` (``DisplayProfile``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ class Point(_Section):
     table: Table
     address: Address
 
+    @property
+    def span(self) -> int:
+        """How many consecutive addresses of its table the point occupies."""
+        return 1
+
 
 # Roles narrow the tables they accept, so a misplaced point fails with a message naming the allowed ones.
 class CoilPoint(Point):
@@ -54,6 +62,54 @@ class InputRegisterPoint(Point):
 
 class BinaryInputPoint(Point):
     table: Literal["discrete_input", "coil"]
+
+
+class HoldingRegisterPoint(Point):
+    table: Literal["holding_register"]
+
+
+class _MultiRegisterPoint(Point):
+    """A value spread over consecutive registers; its last register must still be addressable."""
+
+    @model_validator(mode="after")
+    def _fits_in_the_table(self):
+        if self.address + self.span - 1 > 65535:
+            raise PydanticCustomError(
+                "point_too_long",
+                "{span} registers from address {address} run past 65535",
+                {"span": self.span, "address": self.address},
+            )
+        return self
+
+
+class RegisterBlockPoint(_MultiRegisterPoint):
+    """``registers`` consecutive 16-bit registers holding bytes, first byte in the high half."""
+
+    table: Literal["holding_register"]
+    registers: int = Field(ge=1, le=123)  # 123: the most one Modbus write may carry
+
+    @property
+    def span(self) -> int:
+        return self.registers
+
+
+class InputRegisterBlockPoint(RegisterBlockPoint):
+    table: Literal["input_register"]  # type: ignore[assignment]
+
+
+class Uint32Point(_MultiRegisterPoint):
+    """A 32-bit unsigned value in two consecutive registers."""
+
+    table: Literal["holding_register"]
+    word_order: Literal["high_first", "low_first"] = "high_first"
+
+    @property
+    def span(self) -> int:
+        return 2
+
+
+class InputUint32Point(Uint32Point):
+    table: Literal["input_register"]  # type: ignore[assignment]
 
 
 class TurnstilePoints(_Section):
@@ -99,22 +155,21 @@ class SimulationPoints(_Section):
 _TRIGGER_TARGETS = {"door_open_trigger": "door_open", "emergency_trigger": "emergency_input"}
 
 
-class DeviceProfile(_Section):
+class _Profile(_Section):
+    """What every device profile has; ``kind`` picks the subclass, ``points`` and ``simulation`` its roles."""
+
     model: str = Field(min_length=1)
     vendor: str = Field(min_length=1)
-    kind: Literal["turnstile"]
+    kind: str
     unit: int = Field(ge=1, le=247)
     """Modbus device id (unit id / slave address)."""
     timeout_s: float = Field(default=1.0, gt=0)
-    points: TurnstilePoints
-    timing: Timing = Timing()
-    simulation: SimulationPoints | None = None
 
     def named_points(self) -> dict[str, Point]:
         """Every point in the profile by dotted name, e.g. ``points.unlock``."""
         named: dict[str, Point] = {}
         for section_name in ("points", "simulation"):
-            section = getattr(self, section_name)
+            section = getattr(self, section_name, None)
             if section is None:
                 continue
             for role in type(section).model_fields:
@@ -124,18 +179,29 @@ class DeviceProfile(_Section):
         return named
 
     @model_validator(mode="after")
-    def _points_do_not_overlap(self) -> DeviceProfile:
+    def _points_do_not_overlap(self):
         owner: dict[tuple[str, int], str] = {}
         for name, point in self.named_points().items():
-            key = (point.table, point.address)
-            if key in owner:
-                raise PydanticCustomError(
-                    "duplicate_point",
-                    "{name}: {table} {address} is already used by {other}",
-                    {"name": name, "table": point.table, "address": point.address, "other": owner[key]},
-                )
-            owner[key] = name
+            for address in range(point.address, point.address + point.span):
+                key = (point.table, address)
+                if key in owner:
+                    raise PydanticCustomError(
+                        "duplicate_point",
+                        "{name}: {table} {address} is already used by {other}",
+                        {"name": name, "table": point.table, "address": address, "other": owner[key]},
+                    )
+            for address in range(point.address, point.address + point.span):
+                owner[(point.table, address)] = name
         return self
+
+
+class DeviceProfile(_Profile):
+    """A turnstile controller's profile (``kind: turnstile``); also known as ``TurnstileProfile``."""
+
+    kind: Literal["turnstile"]
+    points: TurnstilePoints
+    timing: Timing = Timing()
+    simulation: SimulationPoints | None = None
 
     @model_validator(mode="after")
     def _triggers_have_their_points(self) -> DeviceProfile:
@@ -149,6 +215,155 @@ class DeviceProfile(_Section):
                     {"trigger": trigger, "target": target},
                 )
         return self
+
+
+TurnstileProfile = DeviceProfile
+
+
+# -- barrier gate controller -------------------------------------------------------------------
+
+
+class BarrierPoints(_Section):
+    open: CoilPoint
+    """Writing 1 raises the arm (a momentary command: the controller acts on it)."""
+    close: CoilPoint
+    """Writing 1 lowers the arm. The controller does not check the loop: the edge driver must."""
+    stop: CoilPoint
+    """Writing 1 stops the arm where it is."""
+    open_limit: BinaryInputPoint
+    """1 while the arm is fully up."""
+    closed_limit: BinaryInputPoint
+    """1 while the arm is fully down."""
+    loop_presence: BinaryInputPoint
+    """1 while a vehicle is on the induction loop under the arm."""
+    fault_code: RegisterPoint
+    """0 means no fault; any other value is the vendor's fault code."""
+
+
+class BarrierTiming(_Section):
+    poll_interval_ms: int = Field(default=50, ge=10, le=5000)
+    """How often the driver reads the limits, the loop and the fault code (and so how fast it reacts)."""
+    auto_close_s: float = Field(default=2.0, gt=0, le=3600, allow_inf_nan=False)
+    """After an open, close this long after the vehicle has cleared the loop (restarts if it comes back)."""
+    travel_timeout_s: float = Field(default=6.0, gt=0, le=600, allow_inf_nan=False)
+    """An arm that has not reached its limit this long after it started moving is a fault."""
+
+
+class BarrierSimulationPoints(_Section):
+    """Control points of the barrier simulator; real controllers have none."""
+
+    vehicle_trigger: CoilPoint
+    """Writing 1 / 0: a vehicle drives onto / leaves the loop (``points.loop_presence``); reads back the level."""
+    travel_ms: HoldingRegisterPoint
+    """How long the arm takes between the limits, in ms; writable at any time."""
+    hits: InputRegisterPoint
+    """Counts closing movements that came down onto a vehicle on the loop (should stay 0)."""
+    arm_position: InputRegisterPoint | None = None
+    """Where the arm is: 0 fully down .. 1000 fully up."""
+    arm_state: InputRegisterPoint | None = None
+    """0 closed, 1 opening, 2 open, 3 closing, 4 stopped."""
+
+
+class BarrierProfile(_Profile):
+    """A barrier gate controller's profile (``kind: barrier``)."""
+
+    kind: Literal["barrier"]
+    points: BarrierPoints
+    timing: BarrierTiming = BarrierTiming()
+    simulation: BarrierSimulationPoints | None = None
+
+
+# -- LED display ---------------------------------------------------------------------------------
+
+
+class DisplayPoints(_Section):
+    plate: RegisterBlockPoint
+    """The plate as UTF-8 bytes, two a register (first byte in the high half), zero-padded."""
+    fee_fen: Uint32Point
+    """The fee in fen, 32-bit unsigned; the profile's ``no_fee`` value blanks the fee line."""
+    message_code: HoldingRegisterPoint
+    """Which message to show; the codes are under ``messages``."""
+    commit: CoilPoint
+    """Writing 1 makes the display show what is in the registers now (it latches them)."""
+
+
+class DisplayMessages(_Section):
+    """The display's code for each message the driver can ask for."""
+
+    idle: int = Field(default=0, ge=0, le=65535)
+    welcome: int = Field(default=1, ge=0, le=65535)
+    pay_at_exit: int = Field(default=2, ge=0, le=65535)
+    paid: int = Field(default=3, ge=0, le=65535)
+    """Paid, have a good trip."""
+    lot_full: int = Field(default=4, ge=0, le=65535)
+    not_allowed: int = Field(default=5, ge=0, le=65535)
+    wait_for_cashier: int = Field(default=6, ge=0, le=65535)
+    confirm_with_guard: int = Field(default=7, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _codes_are_distinct(self):
+        owner: dict[int, str] = {}
+        for name in type(self).model_fields:
+            code = getattr(self, name)
+            if code in owner:
+                raise PydanticCustomError(
+                    "duplicate_message_code",
+                    "{name}: code {code} is already used by {other}",
+                    {"name": name, "code": code, "other": owner[code]},
+                )
+            owner[code] = name
+        return self
+
+    def codes(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+class DisplayTiming(_Section):
+    poll_interval_ms: int = Field(default=1000, ge=10, le=60000)
+    """How often the driver checks that the display still answers."""
+
+
+class DisplaySimulationPoints(_Section):
+    """What the simulated display shows now (latched on commit), readable over Modbus; real displays have none."""
+
+    shown_plate: InputRegisterBlockPoint
+    shown_fee_fen: InputUint32Point
+    shown_message_code: InputRegisterPoint
+    shown_count: InputRegisterPoint
+    """+1 on every commit."""
+
+
+class DisplayProfile(_Profile):
+    """An LED display's profile (``kind: display``)."""
+
+    kind: Literal["display"]
+    points: DisplayPoints
+    no_fee: int = Field(default=0xFFFFFFFF, ge=0, le=0xFFFFFFFF)
+    """Written as ``fee_fen`` when there is no fee to show; fees must stay below it."""
+    messages: DisplayMessages = DisplayMessages()
+    timing: DisplayTiming = DisplayTiming()
+    simulation: DisplaySimulationPoints | None = None
+
+    @model_validator(mode="after")
+    def _shown_plate_fits_the_plate(self):
+        if (
+            self.simulation is not None
+            and self.simulation.shown_plate.registers != self.points.plate.registers
+        ):
+            raise PydanticCustomError(
+                "shown_plate_size",
+                "simulation.shown_plate: has {shown} registers, points.plate has {plate}",
+                {"shown": self.simulation.shown_plate.registers, "plate": self.points.plate.registers},
+            )
+        return self
+
+
+AnyProfile = DeviceProfile | BarrierProfile | DisplayProfile
+PROFILE_KINDS: dict[str, type[_Profile]] = {
+    "turnstile": DeviceProfile,
+    "barrier": BarrierProfile,
+    "display": DisplayProfile,
+}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -169,8 +384,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_profile(path: str | Path) -> DeviceProfile:
-    """Read and validate one profile file; raise ProfileError naming the file and the field."""
+def load_profile(path: str | Path, kind: str | None = None) -> AnyProfile:
+    """Read and validate one profile file; raise ProfileError naming the file and the field.
+
+    The file's ``kind`` picks the schema; with ``kind=`` given, a file of another kind is an error too.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -182,8 +400,16 @@ def load_profile(path: str | Path) -> DeviceProfile:
     if not isinstance(document, dict):
         found = "nothing" if document is None else f"a {type(document).__name__}"
         raise ProfileError(f"{path}: top level must be a mapping of profile fields, found {found}")
+    found_kind = document.get("kind")
+    if "kind" not in document:
+        raise ProfileError(f"{path}: kind: Field required")
+    if not isinstance(found_kind, str) or found_kind not in PROFILE_KINDS:
+        kinds = ", ".join(f"'{name}'" for name in PROFILE_KINDS)
+        raise ProfileError(f"{path}: kind: Input should be one of {kinds}, not {found_kind!r}")
+    if kind is not None and found_kind != kind:
+        raise ProfileError(f"{path}: kind: a {kind} profile is needed here, this one is {found_kind!r}")
     try:
-        return DeviceProfile.model_validate(document)
+        return PROFILE_KINDS[found_kind].model_validate(document)
     except ValidationError as exc:
         raise ProfileError(
             "\n".join(_describe_validation_error(path, error) for error in exc.errors())
