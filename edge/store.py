@@ -17,6 +17,7 @@ from services.access import rules
 from services.access.rules import Credential
 
 SCHEMA_VERSION = "2"
+ITEM_KEYS = {"group": "group_id", "time_profile": "profile_id", "zone": "zone_id", "lot": "lot_id", "lane": "lane_id"}
 SEP = "\x1f"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -31,6 +32,11 @@ CREATE TABLE IF NOT EXISTS items (kind TEXT NOT NULL, key TEXT NOT NULL, payload
 CREATE TABLE IF NOT EXISTS passback (person_id TEXT NOT NULL, zone_id TEXT NOT NULL, direction TEXT NOT NULL,
                                      at REAL NOT NULL, PRIMARY KEY (person_id, zone_id));
 CREATE TABLE IF NOT EXISTS local_uses (card_number TEXT PRIMARY KEY, uses INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS vehicles (
+    lot_id TEXT NOT NULL, plate TEXT NOT NULL, kind TEXT NOT NULL, valid_from TEXT NOT NULL,
+    valid_until TEXT NOT NULL, grace_days INTEGER NOT NULL, free_minutes INTEGER NOT NULL,
+    fixed_space INTEGER NOT NULL, holder TEXT NOT NULL, PRIMARY KEY (lot_id, plate)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS device_seq (device_id TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, device_id TEXT NOT NULL,
@@ -117,7 +123,7 @@ class EdgeStore:
         cursor to 0 with it, so a crash half way through a new epoch syncs everything again.
         Returns whether anything but credentials changed (the agent then reloads its policy).
         """
-        credentials, items, removed = [], [], []
+        credentials, items, removed, vehicles = [], [], [], []
         for change in changes:
             kind = change.WhichOneof("item")
             if kind == "credential":
@@ -127,10 +133,13 @@ class EdgeStore:
                                     c.max_uses, c.uses))
             elif kind == "removed":
                 removed.append((change.removed.kind, change.removed.key))
+            elif kind == "vehicle":
+                v = change.vehicle
+                vehicles.append((v.lot_id, v.plate, v.kind, v.valid_from, v.valid_until, v.grace_days, v.free_minutes,
+                                 int(v.fixed_space), v.holder))
             elif kind:
                 message = getattr(change, kind)
-                key = "" if kind == "settings" else getattr(message, "group_id", None) or \
-                    getattr(message, "profile_id", None) or message.zone_id
+                key = "" if kind == "settings" else getattr(message, ITEM_KEYS[kind])
                 items.append((kind, key, message.SerializeToString()))
         db = self.sync_db
         with db:
@@ -144,6 +153,7 @@ class EdgeStore:
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("cursor", "0"), ("epoch", epoch)])
             db.executemany("INSERT OR REPLACE INTO credentials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", credentials)
             db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)", items)
+            db.executemany("INSERT OR REPLACE INTO vehicles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", vehicles)
             db.executemany("DELETE FROM items WHERE kind = ? AND key = ?", removed)
             if cursor is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('cursor', ?)", (str(cursor),))
@@ -167,6 +177,22 @@ class EdgeStore:
             zones={z.zone_id: rules.Zone(z.zone_id, z.anti_passback or "none", z.timed_minutes, z.reset_minute,
                                          frozenset(z.entry_gate_ids), frozenset(z.exit_gate_ids)) for z in zones})
         return policy, {k.key_id: bytes(k.public_key) for k in settings.qr_keys}
+
+    def vehicle_right(self, lot_id: str, plate: str) -> dict | None:
+        """A plate's synced right at a lot (the lane turns it into parking rules' VehicleRight)."""
+        row = self.db.execute("SELECT * FROM vehicles WHERE lot_id = ? AND plate = ?", (lot_id, plate)).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("lot_id", "plate", "kind", "valid_from", "valid_until", "grace_days", "free_minutes",
+                         "fixed_space", "holder"), row, strict=True))
+
+    def parking(self) -> tuple[dict[str, pb.ParkingLot], dict[str, pb.Lane]]:
+        """The synced lots and lanes."""
+        lots = {k: pb.ParkingLot.FromString(p) for k, p in self.db.execute(
+            "SELECT key, payload FROM items WHERE kind = 'lot'")}
+        lanes = {k: pb.Lane.FromString(p) for k, p in self.db.execute(
+            "SELECT key, payload FROM items WHERE kind = 'lane'")}
+        return lots, lanes
 
     # -- anti-passback and pass uses --------------------------------------------------------------
 

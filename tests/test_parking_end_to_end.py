@@ -3,11 +3,13 @@ service through the bus (beside access), sessions are priced, the cashier's paym
 the console API counts once, and billing hears `parking.session_closed`."""
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import grpc
 
+from edge.store import EdgeStore
 from gatehouse.bus import EventConsumer
 from gatehouse.edge.v1 import edge_pb2 as pb
 from gatehouse.edge.v1 import edge_pb2_grpc as pb_grpc
@@ -49,6 +51,21 @@ def test_lane_events_sessions_payments_and_billing(stack):
         channel = grpc.insecure_channel(f"127.0.0.1:{stack.edgelink_port}")
         stub = pb_grpc.EdgeLinkStub(channel)
         metadata = (("x-agent-id", stack.agent_id), ("x-agent-secret", secret))
+
+        # what the lanes need reaches an agent's store through edgelink's projection
+        def synced():
+            edge = EdgeStore(stack.tmp / "edge-check" / "agent.db", durable=False)
+            try:
+                for batch in stub.Sync(pb.SyncRequest(cursor=0, follow=False), metadata=metadata, timeout=10):
+                    edge.apply_changes(batch.changes, batch.cursor, batch.epoch)
+                lots, lanes = edge.parking()
+                right = edge.vehicle_right("lot1", "皖A12345")
+                return (lots, lanes, right) if right and set(lanes) == {"in1", "out1"} else None
+            finally:
+                edge.close()
+        lots, lanes, right = wait_for(synced, timeout=20, what="parking items at the edge")
+        assert right["kind"] == "resident" and lots["lot1"].shared_capacity == 50 and lanes["out1"].direction == "exit"
+        assert json.loads(lots["lot1"].tariff_json)["first_period_fen"] == 500
         entered = datetime.now(UTC) - timedelta(minutes=61)
         batch = pb.EventBatch(events=[
             lane_event("vehicle_entered", entered, 1, lane_id="in1", plate="苏E9K123"),

@@ -52,6 +52,19 @@ def item_change(item: dict) -> tuple[str, pb.Change]:
             emergency_reason=item.get("emergency_reason") or "",
             qr_keys=[pb.QrKey(key_id=k["key_id"], public_key=bytes.fromhex(k["public_key"]))
                      for k in item["qr_keys"]]))
+    if kind == "vehicle":
+        return f"vehicle:{item['lot_id']}:{item['plate']}", pb.Change(vehicle=pb.VehicleRight(
+            **{k: item[k] for k in ("lot_id", "plate", "kind", "grace_days", "free_minutes", "fixed_space", "holder")},
+            valid_from=item.get("valid_from") or "", valid_until=item.get("valid_until") or ""))
+    if kind == "lot":
+        return f"lot:{item['lot_id']}", pb.Change(lot=pb.ParkingLot(
+            lot_id=item["lot_id"], timezone=item["timezone"], shared_capacity=item["shared_capacity"],
+            tariff_json=item["tariff_json"], tolerate_province=item["tolerate_province"],
+            exit_window_minutes=item["exit_window_minutes"]))
+    if kind == "lane":
+        return f"lane:{item['lane_id']}", pb.Change(lane=pb.Lane(
+            lane_id=item["lane_id"], lot_id=item["lot_id"], direction=item["direction"],
+            policy_json=item["policy_json"]))
     if kind == "removed":
         return f"{item['kind']}:{item['key']}", pb.Change(removed=pb.Removed(kind=item["kind"], key=item["key"]))
     raise ValueError(f"unknown site item type {kind!r}")

@@ -279,7 +279,8 @@ def serve(address: str | None = None, engine=None, amqp_uri: str | None = None, 
     workers = workers or int(os.environ.get("EDGELINK_WORKERS", DEFAULT_WORKERS))
     link = EdgeLink(engine, ConfirmedPublisher(amqp_uri, "edgelink"), workers)
     consumer = EventConsumer(amqp_uri, "edgelink.projection",
-                             [("access", "site_data_changed"), ("access", "gate_open_requested")],
+                             [("access", "site_data_changed"), ("access", "gate_open_requested"),
+                              ("parking", "site_data_changed")],
                              link.on_bus_event)
     consumer.start_thread()
     server = grpc.server(

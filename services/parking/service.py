@@ -115,6 +115,10 @@ class ParkingService:
     def decide_read(self, read_id, operator, plate=None):
         return self._write(store.decide_read, read_id, operator, plate)
 
+    @event_handler("edgelink", "snapshot_requested")
+    def on_snapshot_requested(self, payload):
+        self._write(store.record_snapshot, payload["site_id"])
+
     @event_handler("edgelink", "edge_events_reported", requeue_on_error=True)
     def on_edge_events(self, batch):
         try:
@@ -136,7 +140,9 @@ class ParkingService:
                     pending = store.unpublished(conn)
                 if not pending:
                     return
-                for _id, event_type, payload in pending:
+                for outbox_id, event_type, payload in pending:
+                    if event_type == "site_data_changed":
+                        payload = {**payload, "revision": outbox_id}
                     self.dispatch(event_type, payload)
                 with self.db.begin() as conn:
                     store.mark_published(conn, [i for i, _, _ in pending])

@@ -92,6 +92,7 @@ def set_lot(conn, site_id: str, lot_id: str, name: str, timezone: str = "Asia/Sh
         conn.execute(update(lots).where(lots.c.lot_id == lot_id).values(**values))
     else:
         conn.execute(insert(lots).values(lot_id=lot_id, **values))
+    _publish_items(conn, site_id, [lot_item(conn, lot_id)])
     return lot(conn, lot_id)
 
 
@@ -115,6 +116,7 @@ def add_lane(conn, lot_id: str, lane_id: str, name: str, direction: str, policy:
         conn.execute(update(lanes).where(lanes.c.lane_id == lane_id).values(**values))
     else:
         conn.execute(insert(lanes).values(lane_id=lane_id, **values))
+    _publish_items(conn, _require(conn, lots, lots.c.lot_id, lot_id, "lot")["site_id"], lane_items(conn, lot_id, lane_id))
     return {"lane_id": lane_id, **values, "policy": dataclasses.asdict(checked)}
 
 
@@ -158,6 +160,7 @@ def register_vehicle(conn, lot_id: str, plate: str, kind: str, holder: str, vali
         conn.execute(update(vehicles).where(key).values(**values))
     else:
         conn.execute(insert(vehicles).values(lot_id=lot_id, plate=plate, **values))
+    _publish_items(conn, _require(conn, lots, lots.c.lot_id, lot_id, "lot")["site_id"], vehicle_items(conn, lot_id, plate))
     return _plain(conn.execute(select(vehicles).where(key)).mappings().first())
 
 
@@ -182,6 +185,50 @@ def occupancy(conn, lot_id: str) -> dict:
     inside = conn.execute(select(func.count()).where(open_sessions)).scalar()
     shared = conn.execute(select(func.count()).where(open_sessions, sessions.c.plate.not_in(fixed))).scalar()
     return {"inside": inside, "shared_occupied": shared}
+
+
+# -- what the lanes must know ----------------------------------------------------------------------
+
+def lot_item(conn, lot_id: str) -> dict:
+    row = _require(conn, lots, lots.c.lot_id, lot_id, "lot")
+    return {"type": "lot", "lot_id": lot_id, "timezone": row["timezone"], "shared_capacity": row["shared_capacity"],
+            "tariff_json": row["tariff"], "tolerate_province": row["tolerate_province"],
+            "exit_window_minutes": row["exit_window_minutes"]}
+
+
+def lane_items(conn, lot_id: str, lane_id: str | None = None) -> list[dict]:
+    query = select(lanes).where(lanes.c.lot_id == lot_id)
+    if lane_id:
+        query = query.where(lanes.c.lane_id == lane_id)
+    return [{"type": "lane", "lane_id": r.lane_id, "lot_id": r.lot_id, "direction": r.direction,
+             "policy_json": r.policy} for r in conn.execute(query)]
+
+
+def vehicle_items(conn, lot_id: str, plate: str | None = None) -> list[dict]:
+    query = select(vehicles).where(vehicles.c.lot_id == lot_id)
+    if plate:
+        query = query.where(vehicles.c.plate == plate)
+    return [{"type": "vehicle", "lot_id": r.lot_id, "plate": r.plate, "kind": r.kind, "holder": r.holder,
+             "valid_from": r.valid_from.isoformat() if r.valid_from else "",
+             "valid_until": r.valid_until.isoformat() if r.valid_until else "", "grace_days": r.grace_days,
+             "free_minutes": r.free_minutes, "fixed_space": r.fixed_space} for r in conn.execute(query)]
+
+
+def _publish_items(conn, site_id: str, items: list[dict]) -> None:
+    """Items for the site's agents, sent after commit as `parking.site_data_changed` (the
+    relay adds the revision: the outbox id, so a later change always has a higher one)."""
+    for i in range(0, len(items), 2000):
+        _queue(conn, site_id, "site_data_changed", items=items[i:i + 2000])
+
+
+def record_snapshot(conn, site_id: str) -> int:
+    """Everything the lanes of a site need, again (edgelink's projection is new or rebuilt)."""
+    count = 0
+    for (lot_id,) in conn.execute(select(lots.c.lot_id).where(lots.c.site_id == site_id)).all():
+        items = [lot_item(conn, lot_id), *lane_items(conn, lot_id), *vehicle_items(conn, lot_id)]
+        _publish_items(conn, site_id, items)
+        count += len(items)
+    return count
 
 
 # -- sessions -----------------------------------------------------------------------------------------

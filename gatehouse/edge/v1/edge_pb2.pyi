@@ -147,6 +147,56 @@ class SiteSettings(_message.Message):
     qr_keys: _containers.RepeatedCompositeFieldContainer[QrKey]
     def __init__(self, timezone: _Optional[str] = ..., holidays: _Optional[_Iterable[str]] = ..., emergency: _Optional[bool] = ..., emergency_reason: _Optional[str] = ..., qr_keys: _Optional[_Iterable[_Union[QrKey, _Mapping]]] = ...) -> None: ...
 
+class VehicleRight(_message.Message):
+    __slots__ = ("lot_id", "plate", "kind", "valid_from", "valid_until", "grace_days", "free_minutes", "fixed_space", "holder")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    PLATE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALID_FROM_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    GRACE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    FREE_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    FIXED_SPACE_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    lot_id: str
+    plate: str
+    kind: str
+    valid_from: str
+    valid_until: str
+    grace_days: int
+    free_minutes: int
+    fixed_space: bool
+    holder: str
+    def __init__(self, lot_id: _Optional[str] = ..., plate: _Optional[str] = ..., kind: _Optional[str] = ..., valid_from: _Optional[str] = ..., valid_until: _Optional[str] = ..., grace_days: _Optional[int] = ..., free_minutes: _Optional[int] = ..., fixed_space: _Optional[bool] = ..., holder: _Optional[str] = ...) -> None: ...
+
+class ParkingLot(_message.Message):
+    __slots__ = ("lot_id", "timezone", "shared_capacity", "tariff_json", "tolerate_province", "exit_window_minutes")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    TARIFF_JSON_FIELD_NUMBER: _ClassVar[int]
+    TOLERATE_PROVINCE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_WINDOW_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    lot_id: str
+    timezone: str
+    shared_capacity: int
+    tariff_json: str
+    tolerate_province: bool
+    exit_window_minutes: int
+    def __init__(self, lot_id: _Optional[str] = ..., timezone: _Optional[str] = ..., shared_capacity: _Optional[int] = ..., tariff_json: _Optional[str] = ..., tolerate_province: _Optional[bool] = ..., exit_window_minutes: _Optional[int] = ...) -> None: ...
+
+class Lane(_message.Message):
+    __slots__ = ("lane_id", "lot_id", "direction", "policy_json")
+    LANE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    lane_id: str
+    lot_id: str
+    direction: str
+    policy_json: str
+    def __init__(self, lane_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., direction: _Optional[str] = ..., policy_json: _Optional[str] = ...) -> None: ...
+
 class Removed(_message.Message):
     __slots__ = ("kind", "key")
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -156,7 +206,7 @@ class Removed(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("version", "credential", "group", "time_profile", "zone", "settings", "removed")
+    __slots__ = ("version", "credential", "group", "time_profile", "zone", "settings", "removed", "vehicle", "lot", "lane")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +214,9 @@ class Change(_message.Message):
     ZONE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    VEHICLE_FIELD_NUMBER: _ClassVar[int]
+    LOT_FIELD_NUMBER: _ClassVar[int]
+    LANE_FIELD_NUMBER: _ClassVar[int]
     version: int
     credential: Credential
     group: AccessGroup
@@ -171,7 +224,10 @@ class Change(_message.Message):
     zone: Zone
     settings: SiteSettings
     removed: Removed
-    def __init__(self, version: _Optional[int] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ..., group: _Optional[_Union[AccessGroup, _Mapping]] = ..., time_profile: _Optional[_Union[TimeProfile, _Mapping]] = ..., zone: _Optional[_Union[Zone, _Mapping]] = ..., settings: _Optional[_Union[SiteSettings, _Mapping]] = ..., removed: _Optional[_Union[Removed, _Mapping]] = ...) -> None: ...
+    vehicle: VehicleRight
+    lot: ParkingLot
+    lane: Lane
+    def __init__(self, version: _Optional[int] = ..., credential: _Optional[_Union[Credential, _Mapping]] = ..., group: _Optional[_Union[AccessGroup, _Mapping]] = ..., time_profile: _Optional[_Union[TimeProfile, _Mapping]] = ..., zone: _Optional[_Union[Zone, _Mapping]] = ..., settings: _Optional[_Union[SiteSettings, _Mapping]] = ..., removed: _Optional[_Union[Removed, _Mapping]] = ..., vehicle: _Optional[_Union[VehicleRight, _Mapping]] = ..., lot: _Optional[_Union[ParkingLot, _Mapping]] = ..., lane: _Optional[_Union[Lane, _Mapping]] = ...) -> None: ...
 
 class SyncBatch(_message.Message):
     __slots__ = ("changes", "cursor", "caught_up", "epoch")
