@@ -25,10 +25,12 @@ import logging
 import signal
 import sqlite3
 import time
+from datetime import datetime
 
 from edge.clock import TrustedClock
 from edge.config import LoadedSite
 from edge.drivers.turnstile import DeviceOffline, TurnstileDriver
+from edge.lane import LaneRunner
 from edge.link import CentreLink
 from edge.store import EdgeStore
 from gatehouse.edge.v1 import edge_pb2 as pb
@@ -54,12 +56,19 @@ class Agent:
         self.emergency = False
         self.drivers: dict[str, TurnstileDriver] = {
             d.device_id: TurnstileDriver(d.device_id, loaded.profiles[d.device_id], d.host, d.port,
-                                         on_event=self._device_event_handler(d.device_id))
+                                         on_event=self.device_event_handler(d.device_id))
             for d in site.devices}
+        self.parking_lots, self.parking_lanes = self.store.parking()
+        self.lanes: dict[str, LaneRunner] = {
+            lane.lane_id: LaneRunner(lane, *loaded.lane_profiles[lane.lane_id], self) for lane in site.lanes}
+        for runner in self.lanes.values():
+            self.gate_of.update({device_id: runner.lane_id for device_id in runner.device_ids})
         self.link = CentreLink(site.edgelink, site.agent_id, loaded.secret, site.site_id, self.store,
                                [pb.Device(device_id=d.device_id, kind=loaded.profiles[d.device_id].kind,
                                           gate_id=d.gate_id, model=loaded.profiles[d.device_id].model)
-                                for d in site.devices],
+                                for d in site.devices]
+                               + [pb.Device(device_id=f"{lane.lane_id}.barrier", kind="barrier", gate_id=lane.lane_id,
+                                            model=loaded.lane_profiles[lane.lane_id][0].model) for lane in site.lanes],
                                on_command=self.on_command, upload_batch=site.upload_batch,
                                on_synced=self.on_synced, on_server_time=self.clock.anchor)
         self.outbox_alarm_at = site.outbox_alarm_at
@@ -87,7 +96,7 @@ class Agent:
         elif self._outbox_alarm and size < self.outbox_alarm_at // 2:
             self._outbox_alarm = False
 
-    def _device_event_handler(self, device_id: str):
+    def device_event_handler(self, device_id: str):
         def handle(kind: str, attributes: dict) -> None:
             log.info("device event", extra={"device_id": device_id, "kind": kind, **attributes})
             self.record(device_id, kind, attributes)
@@ -103,6 +112,7 @@ class Agent:
         """After each applied sync batch (called by the link)."""
         if policy_changed:
             self.policy, self.qr_keys = self.store.policy()
+            self.parking_lots, self.parking_lanes = self.store.parking()
             self._apply_emergency()
         if caught_up:
             self.fresh_at = self.clock.now()[0]
@@ -217,6 +227,13 @@ class Agent:
         return key, credential, ""
 
     async def on_command(self, command: pb.Command) -> None:
+        if command.kind == "exit_paid":
+            a = command.attributes
+            paid_until = datetime.fromisoformat(a["paid_until"]).timestamp()
+            for runner in self.lanes.values():
+                if runner.lot_id == command.gate_id:
+                    await runner.on_paid(a["plate"], int(a.get("paid_fen", 0)), paid_until)
+            return
         if command.kind != "open":
             log.warning("unknown command", extra={"kind": command.kind, "command_id": command.command_id})
             return
@@ -238,6 +255,11 @@ class Agent:
             while line := await reader.readline():
                 try:
                     request = json.loads(line)
+                    if isinstance(request, dict) and "lane_id" in request:
+                        reply = await self._camera(request)
+                        writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+                        await writer.drain()
+                        continue
                     reply = await self.present(*_reader_request(request))
                 except (ValueError, KeyError, TypeError) as exc:
                     reply = {"error": f"expected {{\"device_id\": ..., and one of \"card_number\", \"pin\", "
@@ -251,9 +273,20 @@ class Agent:
 
     # -- life cycle -----------------------------------------------------------------------------
 
+    async def _camera(self, request: dict) -> dict:
+        runner = self.lanes.get(str(request["lane_id"]))
+        if runner is None:
+            return {"error": f"unknown lane {request['lane_id']!r}"}
+        try:
+            return await runner.on_camera(request)
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"lane_id": runner.lane_id, "error": f"expected plate (+confidence), frame_b64 or heartbeat: {exc}"}
+
     async def start(self) -> None:
         for driver in self.drivers.values():
             await driver.start()
+        for runner in self.lanes.values():
+            await runner.start()
         await self.link.start()
         host, port = self.loaded.site.reader_listen.rsplit(":", 1)
         self._reader_server = await asyncio.start_server(self._serve_reader, host, int(port))
@@ -279,6 +312,8 @@ class Agent:
         await self.link.stop()
         for driver in self.drivers.values():
             await driver.stop()
+        for runner in self.lanes.values():
+            await runner.stop()
         self.store.close()
 
 

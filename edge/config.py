@@ -29,6 +29,23 @@ class DeviceConfig(BaseModel):
     stale_allow_kinds: list[PersonKind] | None = None
 
 
+class LaneDevice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    profile: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class LaneConfig(BaseModel):
+    """A parking lane: its barrier and display; its camera sends reads or frames to the reader port."""
+    model_config = ConfigDict(extra="forbid")
+    lane_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    lot_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    barrier: LaneDevice
+    display: LaneDevice | None = None
+    camera_silence_s: float = Field(default=60.0, gt=0)   # no frame or heartbeat this long: camera offline
+
+
 class SiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     site_id: str
@@ -46,14 +63,17 @@ class SiteConfig(BaseModel):
     sync_grace_s: float = Field(default=300.0, gt=0)
     sync_wait_s: float = Field(default=1.0, ge=0, le=10)
     stale_allow_kinds: list[PersonKind] = ["resident", "staff"]
-    devices: list[DeviceConfig] = Field(min_length=1)
+    devices: list[DeviceConfig] = []
+    lanes: list[LaneConfig] = []
 
 
 class LoadedSite:
     """The site file with paths resolved, the secret read and every device profile loaded."""
 
-    def __init__(self, path: Path, site: SiteConfig, secret: str, profiles: dict[str, DeviceProfile]):
+    def __init__(self, path: Path, site: SiteConfig, secret: str, profiles: dict[str, DeviceProfile],
+                 lane_profiles: dict[str, tuple] | None = None):
         self.path, self.site, self.secret, self.profiles = path, site, secret, profiles
+        self.lane_profiles = lane_profiles or {}     # lane_id -> (barrier profile, display profile or None)
         self.data_dir = (path.parent / site.data_dir).resolve()
 
 
@@ -98,5 +118,23 @@ def load_site(path: str | Path) -> LoadedSite:
             raise ConfigError(f"devices[{i}].profile: {exc}") from None
         if profiles[device.device_id].kind != "turnstile":
             raise ConfigError(f"{path}: devices[{i}].profile: a {profiles[device.device_id].kind} "
-                              "(parking lane device); the agent runs turnstiles only so far")
-    return LoadedSite(path, site, secret, profiles)
+                              "(a parking lane device): put it under lanes: as a lane's barrier or display")
+    if not site.devices and not site.lanes:
+        raise ConfigError(f"{path}: devices: give at least one device or lane")
+    lane_ids = [lane.lane_id for lane in site.lanes]
+    if len(lane_ids) != len(set(lane_ids)):
+        raise ConfigError(f"{path}: lanes: lane_id values must be unique")
+    lane_profiles = {}
+    for i, lane in enumerate(site.lanes):
+        loaded = []
+        for role, kind in (("barrier", "barrier"), ("display", "display")):
+            device = getattr(lane, role)
+            if device is None:
+                loaded.append(None)
+                continue
+            try:
+                loaded.append(load_profile(path.parent / device.profile, kind=kind))
+            except ProfileError as exc:
+                raise ConfigError(f"lanes[{i}].{role}.profile: {exc}") from None
+        lane_profiles[lane.lane_id] = tuple(loaded)
+    return LoadedSite(path, site, secret, profiles, lane_profiles)

@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS credentials (
     gate_ids TEXT NOT NULL, group_ids TEXT NOT NULL, person_kind TEXT NOT NULL,
     max_uses INTEGER NOT NULL, uses INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lane_sessions (
+    lot_id TEXT NOT NULL, plate TEXT NOT NULL, entered_at REAL NOT NULL, takes_space INTEGER NOT NULL,
+    paid_fen INTEGER NOT NULL, paid_until REAL, PRIMARY KEY (lot_id, plate)
+);
 CREATE TABLE IF NOT EXISTS items (kind TEXT NOT NULL, key TEXT NOT NULL, payload BLOB NOT NULL,
                                   PRIMARY KEY (kind, key));
 CREATE TABLE IF NOT EXISTS passback (person_id TEXT NOT NULL, zone_id TEXT NOT NULL, direction TEXT NOT NULL,
@@ -186,6 +190,22 @@ class EdgeStore:
         return dict(zip(("lot_id", "plate", "kind", "valid_from", "valid_until", "grace_days", "free_minutes",
                          "fixed_space", "holder"), row, strict=True))
 
+    def lane_session(self, lot_id: str, plate: str) -> dict | None:
+        """A car this agent let in and has not let out: entry time, what was paid, until when."""
+        row = self.db.execute("SELECT entered_at, takes_space, paid_fen, paid_until FROM lane_sessions "
+                              "WHERE lot_id = ? AND plate = ?", (lot_id, plate)).fetchone()
+        return dict(zip(("entered_at", "takes_space", "paid_fen", "paid_until"), row, strict=True)) if row else None
+
+    def shared_occupied(self, lot_id: str) -> int:
+        return self.db.execute("SELECT count(*) FROM lane_sessions WHERE lot_id = ? AND takes_space = 1",
+                               (lot_id,)).fetchone()[0]
+
+    def lane_paid(self, lot_id: str, plate: str, paid_fen: int, paid_until: float) -> bool:
+        with self.db:
+            self.db.execute("BEGIN")
+            return self.db.execute("UPDATE lane_sessions SET paid_fen = ?, paid_until = ? WHERE lot_id = ? AND plate = ?",
+                                   (paid_fen, paid_until, lot_id, plate)).rowcount > 0
+
     def parking(self) -> tuple[dict[str, pb.ParkingLot], dict[str, pb.Lane]]:
         """The synced lots and lanes."""
         lots = {k: pb.ParkingLot.FromString(p) for k, p in self.db.execute(
@@ -218,7 +238,8 @@ class EdgeStore:
 
     def append_event(self, device_id: str, gate_id: str, kind: str, attributes: dict, offline: bool,
                      at: float | None = None, passback: tuple[str, str, str] | None = None,
-                     count_use: str | None = None) -> dict:
+                     count_use: str | None = None, lane_entry: tuple[str, str, bool] | None = None,
+                     lane_exit: tuple[str, str] | None = None) -> dict:
         """Commit one event to the outbox; in the same transaction, a granted passage's
         anti-passback move (person_id, zone_id, direction) and pass use (its key)."""
         at = time.time() if at is None else at
@@ -240,6 +261,11 @@ class EdgeStore:
             if count_use:
                 self.db.execute("INSERT INTO local_uses VALUES (?, 1) ON CONFLICT(card_number) "
                                 "DO UPDATE SET uses = uses + 1", (count_use,))
+            if lane_entry:      # (lot_id, plate, takes a shared space): a car let in
+                self.db.execute("INSERT OR IGNORE INTO lane_sessions VALUES (?, ?, ?, ?, 0, NULL)",
+                                (lane_entry[0], lane_entry[1], at, int(lane_entry[2])))
+            if lane_exit:       # (lot_id, plate): a car let out
+                self.db.execute("DELETE FROM lane_sessions WHERE lot_id = ? AND plate = ?", lane_exit)
         return event
 
     def pending(self, limit: int) -> list[dict]:

@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PROFILE = ROOT / "edge/profiles/turnstile-generic.yaml"
+BARRIER_PROFILE = ROOT / "edge/profiles/barrier-generic.yaml"
+DISPLAY_PROFILE = ROOT / "edge/profiles/display-generic.yaml"
 
 
 def free_port() -> int:
@@ -102,6 +104,7 @@ class Stack:
         self.console_port = free_port()
         self.reader_port = free_port()
         self.sim_ports = {"t1": free_port(), "t2": free_port()}
+        self.lane_ports = {lane: (free_port(), free_port()) for lane in ("in1", "out1")}   # barrier, display
         self.site_id = "site1"
         self.agent_id = "agent1"
         self.env = {**os.environ, **db.env(), "AMQP_URI": amqp_uri, "PYTHONUNBUFFERED": "1",
@@ -176,6 +179,23 @@ class Stack:
         self.start(f"sim-{device}", [str(BIN / "gatehouse"), "sim", "serve", "--profile", str(profile),
                                      "--port", str(self.sim_ports[device])])
         wait_port(self.sim_ports[device])
+
+    def start_lane_sims(self, travel_ms: int = 300) -> None:
+        """A barrier and a display for lanes in1 and out1 (real Modbus TCP simulators)."""
+        for lane in ("in1", "out1"):
+            self.start(f"barrier-{lane}", [sys.executable, "-m", "edge.sim.barrier", "--profile", str(BARRIER_PROFILE),
+                                           "--port", str(self.lane_ports[lane][0]), "--travel-ms", str(travel_ms)])
+            self.start(f"display-{lane}", [sys.executable, "-m", "edge.sim.display", "--profile",
+                                           str(DISPLAY_PROFILE), "--port", str(self.lane_ports[lane][1])])
+        for ports in self.lane_ports.values():
+            for port in ports:
+                wait_port(port)
+
+    def lane_config(self, **overrides) -> list[dict]:
+        return [{"lane_id": lane, "lot_id": "lot1",
+                 "barrier": {"profile": str(BARRIER_PROFILE), "host": "127.0.0.1", "port": ports[0]},
+                 "display": {"profile": str(DISPLAY_PROFILE), "host": "127.0.0.1", "port": ports[1]}, **overrides}
+                for lane, ports in self.lane_ports.items()]
 
     def register_agent(self) -> str:
         secret_file = self.tmp / "agent.secret"

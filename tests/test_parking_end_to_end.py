@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import grpc
 
@@ -105,3 +106,80 @@ def test_lane_events_sessions_payments_and_billing(stack):
         channel.close()
     finally:
         consumer.should_stop = True
+
+
+# -- the lane at the edge ------------------------------------------------------------------------------
+
+def lane_state(stack, lane):
+    import asyncio
+
+    from edge.profiles import load_profile
+    from edge.sim import barrier, display
+    from tests.stack import BARRIER_PROFILE, DISPLAY_PROFILE
+    bar = asyncio.run(barrier.read_state("127.0.0.1", stack.lane_ports[lane][0], load_profile(BARRIER_PROFILE)))
+    led = asyncio.run(display.read_state("127.0.0.1", stack.lane_ports[lane][1], load_profile(DISPLAY_PROFILE)))
+    return bar, led
+
+
+def camera(stack, lane, **request):
+    import socket
+    with socket.create_connection(("127.0.0.1", stack.reader_port), timeout=15) as conn:
+        conn.sendall(json.dumps({"lane_id": lane, **request}, ensure_ascii=False).encode() + b"\n")
+        return json.loads(conn.makefile(encoding="utf-8").readline())
+
+
+def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
+    stack.start_access()
+    stack.start_parking()
+    stack.start_edgelink()
+    stack.start_console()
+    stack.start_lane_sims()
+    stack.register_agent()
+    ok(stack, "POST", "/api/lots", {"site_id": stack.site_id, "lot_id": "lot1", "name": "Garage",
+                                    "shared_capacity": 2, "tariff": {**TARIFF, "free_minutes": 0}})
+    ok(stack, "POST", "/api/lots/lot1/lanes", {"lane_id": "in1", "name": "Entry", "direction": "entry"})
+    ok(stack, "POST", "/api/lots/lot1/lanes", {"lane_id": "out1", "name": "Exit", "direction": "exit",
+                                               "policy": {"offline_unpaid_exit": "wait"}})
+    ok(stack, "POST", "/api/lots/lot1/vehicles", {"plate": "皖A12345", "kind": "resident", "holder": "1-1-101"})
+    stack.start_agent(stack.write_site_file(devices=[], lanes=stack.lane_config(camera_silence_s=2)))
+
+    def lane_ready():
+        reply = camera(stack, "in1", plate="皖A12345", confidence=0.99)
+        return reply if "error" not in reply else None
+    # a resident: in at once
+    resident = wait_for(lane_ready, timeout=30, what="the lane synced and deciding")
+    assert resident["opened"] and resident["reason"] == "resident", resident
+    wait_for(lambda: lane_state(stack, "in1")[0]["open_limit"], timeout=10, what="the entry barrier up")
+    assert lane_state(stack, "in1")[1]["plate"] == "皖A12345"
+
+    # a visitor: in (the last shared space; the resident took one), a second visitor refused (lot full)
+    visitor = camera(stack, "in1", plate="苏E9K123", confidence=0.95)
+    assert visitor["opened"] and visitor["reason"] == "visitor", visitor
+    assert camera(stack, "in1", plate="浙B22222", confidence=0.95)["reason"] == "lot_full"
+    assert camera(stack, "in1", plate="皖A1Z3?5", confidence=0.40)["reason"] == "low_confidence"
+    wait_for(lambda: ok(stack, "GET", "/api/lots/lot1/reads") or None, timeout=15, what="the unsure read queued")
+    sessions = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
+        ok(stack, "GET", "/api/lots/lot1/sessions?status=open")), timeout=15, what="two sessions at the centre")
+    visit = next(s for s in sessions if s["plate"] == "苏E9K123")
+
+    # the visitor leaves: the fee (no free minutes in this lot) shows, the exit waits; the cashier's
+    # payment at the centre reaches the lane, which opens
+    waiting = camera(stack, "out1", plate="苏E9K123", confidence=0.95)
+    assert not waiting["opened"] and waiting["reason"] == "fee_due" and waiting["fee_fen"] == 500, waiting
+    wait_for(lambda: lane_state(stack, "out1")[1]["fee_fen"] == 500, timeout=10, what="the fee on the display")
+    due = ok(stack, "GET", f"/api/parking-sessions/{visit['session_id']}/quote")["due_fen"]
+    assert due == 500
+    ok(stack, "POST", f"/api/parking-sessions/{visit['session_id']}/payments",
+       {"payment_id": "cash-lane-1", "amount_fen": due, "method": "cash", "recorded_by": "cashier-1"})
+    wait_for(lambda: lane_state(stack, "out1")[0]["open_limit"], timeout=15, what="the exit barrier up after paying")
+    closed = wait_for(lambda: (lambda r: r if r and r[0]["status"] == "closed" else None)(
+        ok(stack, "GET", "/api/lots/lot1/sessions?plate=" + quote("苏E9K123"))), timeout=15, what="the visit closed")
+    assert closed[0]["session_id"] == visit["session_id"] and closed[0]["fee_fen"] == 500
+
+    # a car with no entry record: the lane's flat fee, and it waits
+    orphan = camera(stack, "out1", plate="粤B54321", confidence=0.95)
+    assert not orphan["opened"] and orphan["reason"] == "no_entry_record" and orphan["fee_fen"] == 2000, orphan
+
+    # the camera goes quiet: device_offline for it
+    wait_for(lambda: any(e["kind"] == "device_offline" and e["device_id"] == "in1.camera" for e in stack.events()),
+             timeout=20, what="camera offline event")

@@ -224,6 +224,15 @@ class EdgeLink:
             version = self.projection.apply(payload["site_id"], int(payload["revision"]), payload["items"])
             log.info("projection updated", extra={"site_id": payload["site_id"], "version": version,
                                                   "event_id": payload.get("event_id")})
+        elif event_type in ("exit_cleared", "read_confirmed"):
+            attributes = {k: str(payload[k]) for k in ("plate", "paid_until", "paid_fen", "lane_id", "session_id",
+                                                       "read_id", "operator") if payload.get(k) is not None}
+            command = pb.Command(command_id=payload["event_id"],
+                                 kind="exit_paid" if event_type == "exit_cleared" else "read_confirmed",
+                                 gate_id=payload["lot_id"], requested_by=payload.get("operator", "parking"),
+                                 issued_at=_ts(datetime.fromisoformat(payload["occurred_at"])), attributes=attributes)
+            delivered = self.commands.publish(payload["site_id"], command)
+            log.info("parking command pushed", extra={"event_id": payload["event_id"], "agents": delivered})
         elif event_type == "gate_open_requested":
             command = pb.Command(command_id=payload["event_id"], kind="open", gate_id=payload["gate_id"],
                                  requested_by=payload.get("requested_by", ""), reason=payload.get("reason", ""),
@@ -280,7 +289,8 @@ def serve(address: str | None = None, engine=None, amqp_uri: str | None = None, 
     link = EdgeLink(engine, ConfirmedPublisher(amqp_uri, "edgelink"), workers)
     consumer = EventConsumer(amqp_uri, "edgelink.projection",
                              [("access", "site_data_changed"), ("access", "gate_open_requested"),
-                              ("parking", "site_data_changed")],
+                              ("parking", "site_data_changed"), ("parking", "exit_cleared"),
+                              ("parking", "read_confirmed")],
                              link.on_bus_event)
     consumer.start_thread()
     server = grpc.server(

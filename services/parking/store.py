@@ -357,7 +357,8 @@ def record_payment(conn, session_id: str, payment_id: str, amount_fen: int, meth
     conn.execute(update(sessions).where(sessions.c.session_id == session_id).values(
         paid_fen=sessions.c.paid_fen + amount_fen, paid_until=paid_until))
     _queue(conn, lot_row["site_id"], "exit_cleared", lot_id=row["lot_id"], session_id=session_id,
-           plate=row["plate"], paid_until=paid_until.isoformat(), method=method)
+           plate=row["plate"], paid_until=paid_until.isoformat(), paid_fen=row["paid_fen"] + amount_fen,
+           method=method)
     return {**session(conn, session_id), "duplicate_payment": False}
 
 
