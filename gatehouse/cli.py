@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -304,6 +305,86 @@ def import_file(path, site, kind, valid_only, dry_run, actor):
     query += (f"&kind={kind}" if kind else "") + ("&valid_only=1" if valid_only else "")
     click.echo("importing ...", err=True)
     _print(_console("POST", f"/api/sites/{site}/imports{query}", raw=data, timeout=180))
+
+
+# -- plate recognition --------------------------------------------------------------------------
+
+@main.group()
+def lpr():
+    """Licence-plate recognition, as the lane cameras' agent runs it."""
+
+
+@lpr.command("read")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def lpr_read(images):
+    """Read the plates in camera frames: one JSON line per image (file, plate, colour,
+    confidence, box, ms), the best read first; a frame that cannot be read says why."""
+    from edge import lpr as recognition
+    for path in images:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            started = time.perf_counter()
+            reads = recognition.read_frame(data)
+            ms = (time.perf_counter() - started) * 1000
+        except OSError as exc:
+            click.echo(json.dumps({"file": path, "error": f"cannot read the file: {exc.strerror}"}, ensure_ascii=False))
+            continue
+        except recognition.FrameError as exc:
+            click.echo(json.dumps({"file": path, "error": str(exc)}, ensure_ascii=False))
+            continue
+        best = reads[0] if reads else None
+        click.echo(json.dumps({
+            "file": path, "plate": best.text if best else None, "colour": best.colour if best else None,
+            "confidence": round(best.confidence, 3) if best else None, "box": list(best.box) if best else None,
+            "ms": round(ms, 1),
+            "others": [{"plate": r.text, "confidence": round(r.confidence, 3)} for r in reads[1:]]},
+            ensure_ascii=False))
+
+
+@main.command("camera")
+@click.argument("lane_id")
+@click.option("--plate", default=None, help="What a plate-reading camera sends: the plate it read.")
+@click.option("--confidence", default=0.97, show_default=True)
+@click.option("--frame", type=click.Path(exists=True, dir_okay=False), help="A camera frame for the agent to read.")
+@click.option("--reader", default="127.0.0.1:7101", show_default=True, help="The agent's reader port.")
+def camera(lane_id, plate, confidence, frame, reader):
+    """A lane camera's read (or frame) at the agent: prints the lane's decision."""
+    import base64
+    if bool(plate) == bool(frame):
+        raise click.UsageError("give --plate or --frame")
+    request = {"lane_id": lane_id, **({"plate": plate, "confidence": confidence} if plate else
+                                      {"frame_b64": base64.b64encode(open(frame, "rb").read()).decode()})}
+    host, port = reader.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(json.dumps(request, ensure_ascii=False).encode() + b"\n")
+            reply = conn.makefile(encoding="utf-8").readline()
+    except OSError as exc:
+        raise click.ClickException(f"no agent answers at {reader}: {exc}") from None
+    _print(json.loads(reply))
+
+
+@main.command("pay")
+@click.argument("plate")
+@click.option("--lot", required=True)
+@click.option("--by", "recorded_by", required=True, help="The cashier.")
+@click.option("--payment-id", default=None, help="The terminal's idempotency key (default: a new one).")
+def pay(plate, lot, recorded_by, payment_id):
+    """The cashier takes what a car owes now (cash); the exit lane opens if the car is waiting."""
+    import uuid
+    from urllib.parse import quote
+    sessions = _console("GET", f"/api/lots/{lot}/sessions?status=open&plate={quote(plate)}")
+    if not sessions:
+        raise click.ClickException(f"no car {plate} is inside {lot}")
+    session_id = sessions[0]["session_id"]
+    due = _console("GET", f"/api/parking-sessions/{session_id}/quote")
+    if due["due_fen"] <= 0:
+        click.echo(f"{plate} owes nothing ({due['reason']})")
+        return
+    _print(_console("POST", f"/api/parking-sessions/{session_id}/payments", {
+        "payment_id": payment_id or f"cli-{uuid.uuid4()}", "amount_fen": due["due_fen"], "method": "cash",
+        "recorded_by": recorded_by}))
 
 
 # -- simulators and the demo ---------------------------------------------------------------------

@@ -25,6 +25,11 @@ PEOPLE = [  # person_id, name, kind, unit, group, card, validity
     ("p-chenjie", "Chen Jie", "contractor", None, "contractors", "30001", "expired"),
 ]
 PIN = ("p-wangfang", "246810")
+LOT = "demo-garage"
+TARIFF = {"free_minutes": 0,        # so that a visitor leaving at once in the demo pays; estates often use 15 "first_period_minutes": 60, "first_period_fen": 500, "increment_minutes": 30,
+          "increment_fen": 200, "night_start": "22:00", "night_end": "07:00", "night_increment_fen": 100,
+          "daily_cap_fen": 3000}
+CARS = [("皖A12345", "resident", "1-1-101"), ("皖A66666", "resident", "1-1-102")]
 
 
 def _once(call, *args):
@@ -33,6 +38,19 @@ def _once(call, *args):
     except Exception as exc:   # already seeded: keep going
         if "already exists" not in str(exc) and "taken" not in str(exc):
             raise
+
+
+def seed_parking(rpc, now):
+    parking = rpc.parking
+    parking.set_lot(SITE, LOT, "Demo garage", "Asia/Shanghai", 20, TARIFF)
+    parking.add_lane(LOT, "in1", "Garage entry", "entry")
+    parking.add_lane(LOT, "out1", "Garage exit", "exit")
+    for plate, kind, holder in CARS:
+        parking.register_vehicle(LOT, plate, kind, holder)
+    parking.register_vehicle(LOT, "沪C99999", "visitor", "p-liwei", now.date().isoformat(),
+                             (now + timedelta(days=1)).date().isoformat(), 0, 120)
+    yield ("  garage demo-garage: residents 皖A12345, 皖A66666; visitor 沪C99999 (2 h free, host Li Wei); "
+           "5.00 CNY first hour, 2.00 per 30 min (1.00 at night), 30.00 a day")
 
 
 def seed(rpc):
@@ -63,4 +81,5 @@ def seed(rpc):
     visit = access.register_visitor(SITE, "Sun Li", "family visit", "p-liwei", "1-1-101",
                                     (now - timedelta(minutes=1)).isoformat(), (now + timedelta(hours=8)).isoformat(),
                                     None, "p-liwei", None, False, ["north-gate"], 4)
+    yield from seed_parking(rpc, now)
     yield f"  visitor pass for Sun Li (host 1-1-101, north-gate, 4 passages, 8 h): {visit['code']}"

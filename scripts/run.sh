@@ -19,13 +19,20 @@ gatehouse status >/dev/null 2>&1 || { echo "the console did not come up; see var
 echo "seeding the demo estate:"
 gatehouse demo seed | tee var/demo/seed.txt
 sleep 2
+# the garage: a resident's car in, a visitor in, an unsure read for the operator
+for _ in $(seq 1 30); do   # once the agent has the garage's lanes from the centre
+  gatehouse camera in1 --plate 皖A12345 | grep -q '"opened": true' && break; sleep 1
+done && echo "  garage: resident 皖A12345 drove in"
+gatehouse camera in1 --plate 苏E12345 >/dev/null && echo "  garage: visitor 苏E12345 drove in (pays at the exit)"
+gatehouse camera in1 --plate 皖A1Z345 --confidence 0.55 >/dev/null && echo "  garage: an unsure read waits for an operator"
 # an alarm to look at: someone forces the garage door
 gatehouse sim force --port 15022 >/dev/null && echo "  forced garage-door once: a door_forced alarm is raised"
 $CTL status
 cat <<TXT
 
 Gatehouse is running: access, edgelink (gRPC :50051), console (http://${CONSOLE_ADDRESS:-127.0.0.1:8080}),
-two simulated turnstiles (Modbus TCP :15021 t1 north-gate, :15022 t2 garage-door) and the demo site's agent.
+two simulated turnstiles (Modbus TCP :15021 t1 north-gate, :15022 t2 garage-door), a garage with two
+lanes (barriers :15031 in1, :15032 out1; displays :15041, :15042), parking, and the demo site's agent.
 
 Try it:
   .venv/bin/gatehouse present 10001 --device t1     # Li Wei, resident: granted, t1 unlocks
@@ -42,6 +49,10 @@ Try it:
   .venv/bin/gatehouse presence --site demo          # who is inside the estate now
   .venv/bin/gatehouse emergency on --site demo --by you --reason drill    # every turnstile free to exit
   .venv/bin/gatehouse import deploy/demo/people.csv --site demo --kind people   # bulk import (CSV or XLSX)
+  .venv/bin/gatehouse camera out1 --plate 苏E12345   # the visitor leaves: fee on the display, the exit waits
+  .venv/bin/gatehouse pay 苏E12345 --lot demo-garage --by cashier-1   # ... the cashier takes it: the exit opens
+  .venv/bin/gatehouse camera out1 --plate 皖A12345   # a resident leaves: free
+  curl -s http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/lots/demo-garage/reads   # unsure reads for an operator
 
   $CTL stop edgelink     # the centre is gone: cards still work, events wait in the outbox
   $CTL start edgelink    # ... and arrive once each, in order
