@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from bench import harness
+from bench.parking import bench_parking
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -200,6 +201,7 @@ BENCHMARKS = {
     "edge": (bench_edge, ("edge.", "modbus.")),
     "ingest": (bench_ingest, ("ingest.",)),
     "access": (bench_access, ("access.",)),
+    "parking": (bench_parking, ("parking.",)),
 }
 
 
