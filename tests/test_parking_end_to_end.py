@@ -152,6 +152,9 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     wait_for(lambda: lane_state(stack, "in1")[0]["open_limit"], timeout=10, what="the entry barrier up")
     assert lane_state(stack, "in1")[1]["plate"] == "皖A12345"
 
+    again = camera(stack, "in1", plate="皖A12345", confidence=0.99)       # read twice within seconds
+    assert again["opened"] and again["reason"] == "already_inside", again
+
     # a visitor: in (the last shared space; the resident took one), a second visitor refused (lot full)
     visitor = camera(stack, "in1", plate="苏E9K123", confidence=0.95)
     assert visitor["opened"] and visitor["reason"] == "visitor", visitor
@@ -179,6 +182,17 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     # a car with no entry record: the lane's flat fee, and it waits
     orphan = camera(stack, "out1", plate="粤B54321", confidence=0.95)
     assert not orphan["opened"] and orphan["reason"] == "no_entry_record" and orphan["fee_fen"] == 2000, orphan
+
+    # offline: the lane decides alone by its policy; the entry reaches the centre once, later
+    stack.stop("edgelink")
+    wait_for(lambda: camera(stack, "out1", plate="皖A12345", confidence=0.99)["offline"], timeout=30,
+             what="the agent to notice")                                  # the resident leaves (free)
+    offline_visit = camera(stack, "in1", plate="闽D77777", confidence=0.95)
+    assert offline_visit["opened"] and offline_visit["offline"], offline_visit
+    stack.start_edgelink()
+    sessions = wait_for(lambda: ok(stack, "GET", "/api/lots/lot1/sessions?plate=" + quote("闽D77777")) or None,
+                        timeout=30, what="the offline entry at the centre")
+    assert len(sessions) == 1 and "offline_entry" in sessions[0]["flags"]
 
     # the camera goes quiet: device_offline for it
     wait_for(lambda: any(e["kind"] == "device_offline" and e["device_id"] == "in1.camera" for e in stack.events()),
