@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+from functools import partial
 
 from nameko.rpc import RpcProxy
 from nameko.web.handlers import http
 from werkzeug.wrappers import Response
 
-from services.console.web import BadRequest, _int_arg, answer, body
+from services.console import web
+from services.console.web import BadRequest, _int_arg, body
+
+answer = partial(web.answer, service="parking")
 
 
 class ParkingApi:

@@ -68,7 +68,7 @@ def remote_error_response(exc: RemoteError) -> Response:
     return error(502, f"{exc.exc_type}: {exc.value}")
 
 
-def answer(call, status: int = 200, timeout: float = RPC_TIMEOUT_S) -> Response:
+def answer(call, status: int = 200, timeout: float = RPC_TIMEOUT_S, service: str = "access") -> Response:
     """Run `call()` (request parsing and RPC) and turn every failure into its JSON error."""
     try:
         with eventlet.Timeout(timeout):
@@ -80,4 +80,4 @@ def answer(call, status: int = 200, timeout: float = RPC_TIMEOUT_S) -> Response:
     except RemoteError as exc:
         return remote_error_response(exc)
     except eventlet.Timeout:
-        return error(504, f"the service did not answer within {timeout} s")
+        return error(504, f"the {service} service did not answer within {timeout} s")
