@@ -197,11 +197,19 @@ def bench_ingest(n: int = 20_000) -> dict:
             "ingest.events_per_s_postgresql": round(harness.outbox_to_rows(n, "postgresql"), 1)}
 
 
+# -- lpr: plate finding and reading on one core (real crops, rendered scenes, rapidocr baseline) ------
+
+def bench_lpr() -> dict:
+    from bench import lpr
+    return lpr.bench_lpr()
+
+
 BENCHMARKS = {
     "edge": (bench_edge, ("edge.", "modbus.")),
     "ingest": (bench_ingest, ("ingest.",)),
     "access": (bench_access, ("access.",)),
     "parking": (bench_parking, ("parking.",)),
+    "lpr": (bench_lpr, ("lpr.",)),
 }
 
 
