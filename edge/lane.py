@@ -33,6 +33,21 @@ from services.parking import rules
 
 log = logging.getLogger("edge.lane")
 DISPLAY_MESSAGES = {"have_a_good_trip": "paid"}     # rules' message name -> the display profile's
+MAX_CROP_B64 = 64 << 10                             # edgelink's limit for the crop attribute
+
+
+def _crop_jpeg_b64(frame: bytes, box) -> str | None:
+    """The plate's part of a frame, as a small JPEG in base64, for the operator's queue."""
+    import cv2
+    import numpy as np
+    image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    x, y, w, h = (int(v) for v in box)
+    pad = max(4, h // 2)
+    crop = image[max(0, y - pad):y + h + pad, max(0, x - pad):x + w + pad]
+    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return base64.b64encode(jpeg.tobytes()).decode() if ok and crop.size else None
 
 
 class SyncedRights(Mapping):
@@ -126,13 +141,15 @@ class LaneRunner:
                 return {"lane_id": self.lane_id, "plate": None, "reason": "no_plate",
                         "recognition_ms": round((time.perf_counter() - started) * 1000, 1)}
             best = reads[0]
-            reply = await self.decide(best.text, best.confidence)
+            crop = _crop_jpeg_b64(frame, best.box) if best.confidence < 1 else None
+            reply = await self.decide(best.text, best.confidence, crop)
             return {**reply, "recognition_ms": round(best.ms, 1)}
-        return await self.decide(str(request["plate"]), float(request.get("confidence", 1.0)))
+        return await self.decide(str(request["plate"]), float(request.get("confidence", 1.0)),
+                                 request.get("crop_jpeg_b64"))
 
     # -- the decision -----------------------------------------------------------------------------
 
-    async def decide(self, read: str, confidence: float) -> dict:
+    async def decide(self, read: str, confidence: float, crop_jpeg_b64: str | None = None) -> dict:
         started = time.perf_counter()
         lots, lanes = self.agent.parking_lots, self.agent.parking_lanes
         lot, lane = lots.get(self.lot_id), lanes.get(self.lane_id)
@@ -152,7 +169,8 @@ class LaneRunner:
         base = {"lot_id": self.lot_id, "lane_id": self.lane_id, "plate": plate, "confidence": f"{confidence:.3f}"}
         exiting = lane.direction == "exit" or (lane.direction == "both" and session is not None)
         if confidence < policy.low_confidence:
-            self.agent.record(self.camera_id, "plate_unconfirmed", base)
+            crop = {"crop_jpeg_b64": crop_jpeg_b64} if crop_jpeg_b64 and len(crop_jpeg_b64) <= MAX_CROP_B64 else {}
+            self.agent.record(self.camera_id, "plate_unconfirmed", {**base, **crop})
             await self._show(plate, None, "confirm_with_guard")
             return self._reply(plate, False, "low_confidence", started)
         if not exiting:

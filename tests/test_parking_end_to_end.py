@@ -3,7 +3,9 @@ service through the bus (beside access), sessions are priced, the cashier's paym
 the console API counts once, and billing hears `parking.session_closed`."""
 from __future__ import annotations
 
+import base64
 import json
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -110,6 +112,14 @@ def test_lane_events_sessions_payments_and_billing(stack):
 
 # -- the lane at the edge ------------------------------------------------------------------------------
 
+def _jpeg() -> bytes:
+    import cv2
+    import numpy as np
+    image = np.full((48, 188, 3), (180, 80, 20), np.uint8)
+    cv2.putText(image, "A1Z3?5", (10, 34), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
 def lane_state(stack, lane):
     import asyncio
 
@@ -159,8 +169,13 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     visitor = camera(stack, "in1", plate="苏E9K123", confidence=0.95)
     assert visitor["opened"] and visitor["reason"] == "visitor", visitor
     assert camera(stack, "in1", plate="浙B22222", confidence=0.95)["reason"] == "lot_full"
-    assert camera(stack, "in1", plate="皖A1Z3?5", confidence=0.40)["reason"] == "low_confidence"
-    wait_for(lambda: ok(stack, "GET", "/api/lots/lot1/reads") or None, timeout=15, what="the unsure read queued")
+    crop = base64.b64encode(_jpeg()).decode()
+    assert camera(stack, "in1", plate="皖A1Z345", confidence=0.40, crop_jpeg_b64=crop)["reason"] == "low_confidence"
+    reads = wait_for(lambda: ok(stack, "GET", "/api/lots/lot1/reads") or None, timeout=15, what="the read queued")
+    assert reads[0]["has_crop"] and reads[0]["confidence"] == 0.4
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.console_port}/api/reads/{reads[0]['read_id']}/crop.jpg",
+                                timeout=10) as response:
+        assert response.headers["Content-Type"] == "image/jpeg" and response.read() == _jpeg()
     sessions = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
         ok(stack, "GET", "/api/lots/lot1/sessions?status=open")), timeout=15, what="two sessions at the centre")
     visit = next(s for s in sessions if s["plate"] == "苏E9K123")

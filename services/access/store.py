@@ -621,7 +621,9 @@ def mark_published(conn, revisions: list[int]) -> None:
 # -- events from the edge ---------------------------------------------------------------------
 
 def _event_row(batch: dict, event: dict) -> dict:
-    attributes = event.get("attributes") or {}
+    attributes = dict(event.get("attributes") or {})
+    if "crop_jpeg_b64" in attributes:       # a plate crop is parking's to keep; the log notes its size
+        attributes["crop_jpeg_b64"] = f"({len(attributes['crop_jpeg_b64'])} characters, kept by parking)"
     return {
         "event_id": event["event_id"], "site_id": batch["site_id"], "agent_id": batch["agent_id"],
         "device_id": event["device_id"], "gate_id": event.get("gate_id", ""), "kind": event["kind"],

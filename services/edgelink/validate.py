@@ -8,6 +8,8 @@ MAX_EVENTS_PER_BATCH = 1000
 MAX_BATCH_BYTES = 1 << 20          # 1 MiB of events per call
 MAX_ATTRIBUTES = 32
 MAX_ATTRIBUTE_VALUE = 1024
+# attributes that carry a small picture: an unsure plate read's crop, base64 (the operator looks at it)
+LARGE_ATTRIBUTES = {"crop_jpeg_b64": 64 << 10}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
@@ -50,6 +52,7 @@ def check_batch(batch, byte_size: int) -> None:
         if len(e.attributes) > MAX_ATTRIBUTES:
             raise Invalid(f"{where}.attributes: at most {MAX_ATTRIBUTES} entries")
         for key, value in e.attributes.items():
-            if len(key) > 64 or len(value) > MAX_ATTRIBUTE_VALUE:
+            limit = LARGE_ATTRIBUTES.get(key, MAX_ATTRIBUTE_VALUE)
+            if len(key) > 64 or len(value) > limit:
                 raise Invalid(f"{where}.attributes[{key[:64]!r}]: key at most 64, value at most "
-                              f"{MAX_ATTRIBUTE_VALUE} characters")
+                              f"{limit} characters")
