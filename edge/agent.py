@@ -38,6 +38,7 @@ from services.access import qr, rules
 
 log = logging.getLogger("edge.agent")
 CHECKPOINT_EVERY_S = 1.0
+MAX_READER_LINE = 32 << 20    # a camera frame of up to 20 MB, in base64, on one line
 
 
 class Agent:
@@ -268,6 +269,8 @@ class Agent:
                 await writer.drain()
         except ConnectionError:
             pass
+        except (ValueError, asyncio.LimitOverrunError):     # a line over MAX_READER_LINE: say so, hang up
+            writer.write(json.dumps({"error": f"a request is at most {MAX_READER_LINE} bytes a line"}).encode() + b"\n")
         finally:
             writer.close()
 
@@ -289,7 +292,7 @@ class Agent:
             await runner.start()
         await self.link.start()
         host, port = self.loaded.site.reader_listen.rsplit(":", 1)
-        self._reader_server = await asyncio.start_server(self._serve_reader, host, int(port))
+        self._reader_server = await asyncio.start_server(self._serve_reader, host, int(port), limit=MAX_READER_LINE)
         self._apply_emergency()
         self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="checkpoint")
         log.info("agent started", extra={"site_id": self.loaded.site.site_id, "reader": self.loaded.site.reader_listen,

@@ -146,7 +146,7 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     stack.start_lane_sims()
     stack.register_agent()
     ok(stack, "POST", "/api/lots", {"site_id": stack.site_id, "lot_id": "lot1", "name": "Garage",
-                                    "shared_capacity": 2, "tariff": {**TARIFF, "free_minutes": 0}})
+                                    "shared_capacity": 3, "tariff": {**TARIFF, "free_minutes": 0}})
     ok(stack, "POST", "/api/lots/lot1/lanes", {"lane_id": "in1", "name": "Entry", "direction": "entry"})
     ok(stack, "POST", "/api/lots/lot1/lanes", {"lane_id": "out1", "name": "Exit", "direction": "exit",
                                                "policy": {"offline_unpaid_exit": "wait"}})
@@ -162,6 +162,19 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     wait_for(lambda: lane_state(stack, "in1")[0]["open_limit"], timeout=10, what="the entry barrier up")
     assert lane_state(stack, "in1")[1]["plate"] == "皖A12345"
 
+    # a frame the agent reads itself; a corrupt frame is refused and the lane keeps working
+    import cv2
+
+    from edge.lpr.render import render_scene
+    scene = render_scene(3, kind="blue")
+    ok(stack, "POST", "/api/lots/lot1/vehicles", {"plate": scene.plates[0].text, "kind": "staff", "holder": "guard"})
+    frame = base64.b64encode(cv2.imencode(".jpg", scene.image)[1].tobytes()).decode()
+    seen = wait_for(lambda: (lambda r: r if r.get("reason") == "staff" else None)(camera(stack, "in1", frame_b64=frame)),
+                    timeout=20, what="the rendered staff car read and let in")
+    assert seen["opened"] and seen["plate"] == scene.plates[0].text, seen
+    broken = camera(stack, "in1", frame_b64=base64.b64encode(b"\xff\xd8\xff\xe0 not really a jpeg").decode())
+    assert "error" in broken and "frame" in broken["error"]
+
     again = camera(stack, "in1", plate="皖A12345", confidence=0.99)       # read twice within seconds
     assert again["opened"] and again["reason"] == "already_inside", again
 
@@ -176,8 +189,8 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.console_port}/api/reads/{reads[0]['read_id']}/crop.jpg",
                                 timeout=10) as response:
         assert response.headers["Content-Type"] == "image/jpeg" and response.read() == _jpeg()
-    sessions = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
-        ok(stack, "GET", "/api/lots/lot1/sessions?status=open")), timeout=15, what="two sessions at the centre")
+    sessions = wait_for(lambda: (lambda r: r if len(r) == 3 else None)(
+        ok(stack, "GET", "/api/lots/lot1/sessions?status=open")), timeout=15, what="three sessions at the centre")
     visit = next(s for s in sessions if s["plate"] == "苏E9K123")
 
     # the visitor leaves: the fee (no free minutes in this lot) shows, the exit waits; the cashier's
