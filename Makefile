@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3.11-venv; \
 	  else echo "run: sudo apt-get install python3.11-venv"; exit 1; fi; }
+	@# opencv-python (pulled in by rapidocr-onnxruntime for plate recognition) loads libGL and glib
+	@ldconfig -p | grep -q 'libGL.so.1' && ldconfig -p | grep -q 'libglib-2.0.so.0' || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libgl1 libglib2.0-0; \
+	  else echo "run: sudo apt-get install libgl1 libglib2.0-0"; exit 1; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade 'pip' 'setuptools<81' wheel
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
