@@ -10,6 +10,9 @@ from sqlalchemy import and_, delete, func, insert, select, text, update
 
 from gatehouse.bus import event_payload
 from gatehouse.db import insert_ignore, serialize_writers
+from gatehouse.records import InvalidInput, NotFound
+from gatehouse.records import now as _now
+from gatehouse.records import require as _require
 from services.access import qr, rules
 from services.access.tables import (
     access_events,
@@ -33,25 +36,6 @@ from services.access.tables import (
 
 CREDENTIALS_LOCK = 0x6761_7465  # advisory lock key for credential changes
 SNAPSHOT_CHUNK = 2000
-
-
-class InvalidInput(ValueError):
-    """Bad input from a caller: the message says what and nothing was written."""
-
-
-class NotFound(InvalidInput):
-    pass
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _require(conn, table, key_col, key, what):
-    row = conn.execute(select(table).where(key_col == key)).mappings().first()
-    if row is None:
-        raise NotFound(f"unknown {what} {key!r}")
-    return row
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

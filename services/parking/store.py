@@ -13,6 +13,9 @@ from sqlalchemy import func, insert, select, update
 
 from gatehouse.bus import event_payload
 from gatehouse.db import serialize_writers
+from gatehouse.records import InvalidInput, NotFound
+from gatehouse.records import now as _now
+from gatehouse.records import require as _require
 from services.parking import rules
 from services.parking.tables import lanes, lots, outbox, payments, read_queue, sessions, vehicles
 
@@ -21,25 +24,6 @@ KINDS = ("resident", "monthly", "visitor", "staff", "blacklist")
 DIRECTIONS = ("entry", "exit", "both")
 PAYMENT_METHODS = ("cash", "online")
 LONG_STAY_DAYS = 3
-
-
-class InvalidInput(ValueError):
-    """Bad input from a caller: the message says what and nothing was written."""
-
-
-class NotFound(InvalidInput):
-    pass
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _require(conn, table, key_col, key, what):
-    row = conn.execute(select(table).where(key_col == key)).mappings().first()
-    if row is None:
-        raise NotFound(f"unknown {what} {key!r}")
-    return row
 
 
 def _plain(row) -> dict:
