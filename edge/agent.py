@@ -228,6 +228,11 @@ class Agent:
         return key, credential, ""
 
     async def on_command(self, command: pb.Command) -> None:
+        if command.kind == "read_confirmed":
+            runner = self.lanes.get(command.attributes.get("lane_id", ""))
+            if runner is not None:      # the operator read the plate: the lane decides with it
+                await runner.decide(command.attributes["plate"], 1.0)
+            return
         if command.kind == "exit_paid":
             a = command.attributes
             paid_until = datetime.fromisoformat(a["paid_until"]).timestamp()

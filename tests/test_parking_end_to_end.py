@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -186,11 +187,17 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     assert camera(stack, "in1", plate="皖A1Z345", confidence=0.40, crop_jpeg_b64=crop)["reason"] == "low_confidence"
     reads = wait_for(lambda: ok(stack, "GET", "/api/lots/lot1/reads") or None, timeout=15, what="the read queued")
     assert reads[0]["has_crop"] and reads[0]["confidence"] == 0.4
+    # the operator reads it as a resident's car: the lane lets it in
+    ok(stack, "POST", "/api/lots/lot1/vehicles", {"plate": "皖A17345", "kind": "resident", "holder": "1-1-102"})
+    time.sleep(0.5)                                    # the right reaches the agent
+    ok(stack, "POST", f"/api/reads/{reads[0]['read_id']}/decision", {"operator": "op-li", "plate": "皖A17345"})
+    wait_for(lambda: any(e["kind"] == "vehicle_entered" and e["attributes"].get("plate") == "皖A17345"
+                         for e in stack.events()), timeout=15, what="the confirmed car let in")
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.console_port}/api/reads/{reads[0]['read_id']}/crop.jpg",
                                 timeout=10) as response:
         assert response.headers["Content-Type"] == "image/jpeg" and response.read() == _jpeg()
-    sessions = wait_for(lambda: (lambda r: r if len(r) == 3 else None)(
-        ok(stack, "GET", "/api/lots/lot1/sessions?status=open")), timeout=15, what="three sessions at the centre")
+    sessions = wait_for(lambda: (lambda r: r if len(r) == 4 else None)(
+        ok(stack, "GET", "/api/lots/lot1/sessions?status=open")), timeout=15, what="four sessions at the centre")
     visit = next(s for s in sessions if s["plate"] == "苏E9K123")
 
     # the visitor leaves: the fee (no free minutes in this lot) shows, the exit waits; the cashier's
