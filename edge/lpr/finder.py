@@ -4,10 +4,13 @@ Two cheap proposals on a frame scaled down to WORK_WIDTH (640 for a 1280x720 fra
 
 * colour: the backgrounds of blue, yellow and green (new-energy) plates in HSV, closed over the
   characters; each blob's rotated rectangle or, when its outline is a clean quadrilateral, its
-  four corners (a perspective view);
+  four corners (a perspective view); also bright unsaturated blobs (white plates, whose own
+  quad is not trusted: a red suffix falls outside the mask, so only its refinements count);
 * text: a plate is a short row of high-contrast vertical strokes whatever its colours (white
   and black plates, and coloured ones in odd light): the horizontal gradient, thresholded and
-  closed along the row into blobs.
+  closed along the row into blobs. A blob too tall for a plate (a plate touching the grille
+  above it) also offers its bottom and top strips, shaped like a plate; and a band of strokes
+  that tall is also split at its strongest horizontal edge when refined.
 
 Each blob must look like a plate (aspect 1.6-7 as a rotated rectangle, big enough to read,
 mostly filled, enough vertical edges inside, enough stroke crossings along its middle) and is
@@ -25,6 +28,11 @@ WORK_WIDTH = 640
 MIN_PLATE_W = 56       # px in the full frame: smaller plates are not read
 MAX_CANDIDATES = 6
 BAND_LEVEL = 0.5
+SPLIT_MIN = 14         # rows (of 48) of a band worth trying to split
+SPLIT_EDGE = 2.0       # the split row's horizontal edges against the band's median
+SPLIT_ASPECT = (2.0, 5.0)   # a split half must be shaped like a plate
+STRIP_BELOW = 2.2      # text blobs less elongated than this also offer strips
+STRIP_ASPECT = 3.2     # strips cut from a blob too tall to be a plate
 PROPOSALS = 12        # proposals refined and scored per frame
 
 # OpenCV HSV (H 0..180): plate backgrounds
@@ -32,6 +40,7 @@ _HSV = {
     "blue": ((98, 90, 45), (128, 255, 255)),
     "yellow": ((12, 100, 80), (34, 255, 255)),
     "green": ((36, 45, 70), (85, 255, 255)),
+    "white": ((0, 0, 150), (180, 45, 255)),
 }
 
 
@@ -109,7 +118,7 @@ class Finder:
         for p in proposals:
             best = None
             options = refine(frame, p.quad / scale)
-            if p.source != "text":      # a colour blob can be the plate already
+            if p.source not in ("text", "white"):   # a colour blob can be the plate already
                 options.append(p.quad / scale)
             for quad in options:
                 chars, spread = char_count(frame, quad)
@@ -158,6 +167,10 @@ class Finder:
             if rh < 5 or rw < min_w:
                 continue
             aspect = rw / rh
+            if source == "text" and aspect < STRIP_BELOW and w >= min_w and h <= w:
+                # a plate merged with the grille above it (or something below): offer the
+                # bottom and top strips of the blob, shaped like a plate
+                out += self._strips(mask, gx, x, y, w, h)
             if not 1.6 <= aspect <= 7.5:
                 continue
             fill = cv2.contourArea(cnt) / (rw * rh + 1e-6)
@@ -172,6 +185,19 @@ class Finder:
             score = self._score(gx, quad, aspect, fill, source)
             if score > 0:
                 out.append(Candidate(quad.astype(np.float32), score, source))
+        return out
+
+    def _strips(self, mask, gx, x, y, w, h) -> list[Candidate]:
+        out = []
+        sh = w / STRIP_ASPECT
+        for y0 in (y + h - sh, y):
+            q = np.array([[x, y0], [x + w, y0], [x + w, y0 + sh], [x, y0 + sh]], np.float32)
+            c = q.mean(axis=0)
+            q = (q - c) * np.array((1.04, 1.15), np.float32) + c
+            fill = float(mask[int(y0):int(y0 + sh) + 1, x:x + w].mean()) / 255
+            score = self._score(gx, q, STRIP_ASPECT, fill, "text")
+            if score > 0:
+                out.append(Candidate(q, score, "text"))
         return out
 
     @staticmethod
@@ -195,7 +221,7 @@ class Finder:
         s = min(crossings, 20) / 20 + cols + min(density, 0.35) / 0.35 * 0.5
         s += 0.5 * max(0.0, 1 - abs(np.log(aspect / 3.4)))
         s += 0.3 * fill
-        if source != "text":
+        if source not in ("text", "white"):
             s += 0.4
         return float(s)
 
@@ -271,6 +297,7 @@ def refine(frame: np.ndarray, quad: np.ndarray, patch_h: int = 48, bands: int = 
     quads = []
     search = rows.copy()
     first = None
+    gy = None
     for _ in range(bands):
         peak = lo + int(np.argmax(search[lo:hi]))
         if search[peak] <= base * 1.5 + 1:
@@ -283,7 +310,25 @@ def refine(frame: np.ndarray, quad: np.ndarray, patch_h: int = 48, bands: int = 
         q = _columns(g, top, bottom, pw, patch_h, ex0, ex1, P)
         if q is not None:
             quads.append(q)
+        # a plate touching a grille above (or below) it makes one tall band: split it at the
+        # strongest horizontal edge inside it (the plate's border) and offer both halves
+        if bottom - top + 1 >= SPLIT_MIN:
+            if gy is None:
+                gy = np.abs(cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3))[:, pw // 10: pw - pw // 10].mean(axis=1)
+            a, b = top + (bottom - top) // 4, bottom - (bottom - top) // 4
+            cut = a + int(np.argmax(gy[a:b + 1]))
+            if gy[cut] > SPLIT_EDGE * float(np.median(gy[top:bottom + 1])) + 1:
+                for t2, b2 in ((top, cut), (cut, bottom)):
+                    q = _columns(g, t2, b2, pw, patch_h, ex0, ex1, P)
+                    if q is not None and SPLIT_ASPECT[0] <= _aspect(q) <= SPLIT_ASPECT[1]:
+                        quads.append(q)
     return quads
+
+
+def _aspect(q: np.ndarray) -> float:
+    w = float(np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]))
+    h = float(np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    return w / max(h, 1.0)
 
 
 def _band(rows: np.ndarray, peak: int, base: float) -> tuple[int, int]:
