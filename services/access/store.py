@@ -354,7 +354,8 @@ def _parse_time(value, what):
     return parsed
 
 
-def issue_card(conn, person_id: str, card_number: str, valid_from=None, valid_until=None, kind: str = "card") -> dict:
+def issue_card(conn, person_id: str, card_number: str, valid_from=None, valid_until=None, kind: str = "card",
+               record: bool = True) -> dict:
     serialize_writers(conn, CREDENTIALS_LOCK)
     holder = _require(conn, people, people.c.person_id, person_id, "person")
     if holder["status"] == rules.MOVED_OUT:
@@ -384,7 +385,8 @@ def issue_card(conn, person_id: str, card_number: str, valid_from=None, valid_un
         conn.execute(update(cards).where(cards.c.id == existing["id"]).values(**values))
     else:
         conn.execute(insert(cards).values(site_id=site_id, card_number=key, **values))
-    _record(conn, site_id, credential_items(conn, site_id, card_numbers=[key]))
+    if record:
+        _record(conn, site_id, credential_items(conn, site_id, card_numbers=[key]))
     shown = key if kind == "card" else "(PIN)"
     return {"card_number": shown, "person_id": person_id, "site_id": site_id, "status": rules.ACTIVE, "kind": kind}
 
@@ -408,13 +410,14 @@ def replace_card(conn, site_id: str, old_card: str, new_card: str, actor: str) -
                                                 cards.c.kind == "card"))).mappings().first()
     if old is None:
         raise NotFound(f"unknown card {old_card!r} at site {site_id!r}")
-    result = issue_card(conn, old["person_id"], new_card, old["valid_from"], old["valid_until"])
+    result = issue_card(conn, old["person_id"], new_card, old["valid_from"], old["valid_until"], record=False)
     new_card = result["card_number"]
     conn.execute(update(cards).where(cards.c.id == old["id"]).values(status="lost", replaced_by=new_card,
                                                                     updated_at=_now()))
     audit(conn, site_id, _check_text(actor, "actor", 100), "card_replaced", old_card, new_card=new_card,
           person_id=old["person_id"])
-    _record(conn, site_id, credential_items(conn, site_id, card_numbers=[old_card]))
+    # one change for the gates: the new card never works while the lost one still does
+    _record(conn, site_id, credential_items(conn, site_id, card_numbers=[old_card, new_card]))
     return {**result, "replaces": old_card}
 
 
