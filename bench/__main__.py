@@ -204,12 +204,23 @@ def bench_lpr() -> dict:
     return lpr.bench_lpr()
 
 
+def _area(name: str):
+    """bench/<name>.py's bench_<name>(), imported only when it runs."""
+    def run() -> dict:
+        import importlib
+        return getattr(importlib.import_module(f"bench.{name}"), f"bench_{name}")()
+    return run
+
+
 BENCHMARKS = {
     "edge": (bench_edge, ("edge.", "modbus.")),
     "ingest": (bench_ingest, ("ingest.",)),
     "access": (bench_access, ("access.",)),
     "parking": (bench_parking, ("parking.",)),
     "lpr": (bench_lpr, ("lpr.",)),
+    "billing": (_area("billing"), ("billing.",)),
+    "patrol": (_area("patrol"), ("patrol.",)),
+    "notify": (_area("notify"), ("notify.",)),
 }
 
 

@@ -500,5 +500,13 @@ def demo_seed():
             click.echo(line)
 
 
+# each area's commands live in a module of their own
+from gatehouse.cli_billing import billing as _billing  # noqa: E402
+from gatehouse.cli_notify import notify as _notify  # noqa: E402
+from gatehouse.cli_patrol import patrol as _patrol  # noqa: E402
+
+for _group in (_billing, _patrol, _notify):
+    main.add_command(_group)
+
 if __name__ == "__main__":
     main()

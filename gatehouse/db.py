@@ -13,7 +13,9 @@ from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event, te
 
 from gatehouse import settings
 
-SERVICES_WITH_DATA = ("access", "edgelink", "parking")
+# Every service with a migrations folder, in a fixed order (access first: the demo seeds it first).
+SERVICES_WITH_DATA = tuple(sorted((p.parent.parent.name for p in (settings.ROOT / "services").glob("*/migrations/env.py")),
+                                  key=lambda name: (name != "access", name)))
 
 
 def engine_for(service: str, url: str | None = None, **kwargs) -> Engine:

@@ -82,4 +82,7 @@ def seed(rpc):
                                     (now - timedelta(minutes=1)).isoformat(), (now + timedelta(hours=8)).isoformat(),
                                     None, "p-liwei", None, False, ["north-gate"], 4)
     yield from seed_parking(rpc, now)
+    from gatehouse import demo_billing, demo_notify, demo_patrol
+    for area in (demo_billing, demo_patrol, demo_notify):
+        yield from area.seed(rpc, now)
     yield f"  visitor pass for Sun Li (host 1-1-101, north-gate, 4 passages, 8 h): {visit['code']}"

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gatehouse import outbox
 from gatehouse.db import engine_for, migrate
-from services.parking import store
+from services.parking import store, tables
 from services.parking.service import ingest
 
 T0 = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)          # 10:00 in Shanghai
@@ -52,7 +53,7 @@ def test_a_visitor_stay_is_priced_and_closed_once(db):
     assert closed["fee_fen"] == 500 + 200 and closed["due_fen"] == 700 and closed["status"] == "closed"
     assert redelivered["session_id"] == closed["session_id"]
     with db.connect() as conn:
-        events = [e for e in store.unpublished(conn) if e[1] != "site_data_changed"]
+        events = [e for e in outbox.unpublished(conn, tables.outbox) if e[1] != "site_data_changed"]
         assert [t for _, t, _ in events] == ["session_closed"]
         assert events[0][2]["fee_fen"] == 700 and events[0][2]["currency"] == "CNY"
         assert store.occupancy(conn, "lot1")["inside"] == 0
@@ -101,13 +102,13 @@ def test_a_payment_is_counted_once_and_opens_an_exit_window(db):
         closed = store.record_exit(conn, "lot1", "out1", "苏E9K123", _id(), datetime.now(UTC))
     assert closed["due_fen"] == 0 and closed["fee_fen"] == due
     with db.connect() as conn:
-        kinds = [t for _, t, _ in store.unpublished(conn) if t != "site_data_changed"]
+        kinds = [t for _, t, _ in outbox.unpublished(conn, tables.outbox) if t != "site_data_changed"]
     assert kinds == ["exit_cleared", "session_closed"]
 
 
 def test_lots_lanes_and_vehicles_are_queued_for_the_lanes(db):
     with db.connect() as conn:
-        items = [i for _, t, p in store.unpublished(conn) if t == "site_data_changed" for i in p["items"]]
+        items = [i for _, t, p in outbox.unpublished(conn, tables.outbox) if t == "site_data_changed" for i in p["items"]]
     assert [i["type"] for i in items] == ["lot", "lane", "lane", "vehicle", "vehicle", "vehicle"]
     assert {i["plate"]: i["kind"] for i in items if i["type"] == "vehicle"}["沪C00001"] == "blacklist"
     with db.begin() as conn:

@@ -13,7 +13,9 @@ from nameko.rpc import RpcProxy
 from nameko.web.handlers import http
 
 from services.access import qr
-from services.console import parking_api  # (a module, so `nameko run` does not take the mixin for a service)
+
+# modules, not classes, so `nameko run` does not take a mixin for a service of its own
+from services.console import billing_api, notify_api, parking_api, patrol_api
 from services.console.health import HealthBoard
 from services.console.web import BadRequest, Conflict, _bool_arg, _int_arg, answer, body, json_response
 
@@ -22,7 +24,7 @@ MAX_IMPORT_BYTES = 20 << 20
 BOARD = HealthBoard()   # one per console process, fed by broadcast heartbeats
 
 
-class ConsoleService(parking_api.ParkingApi):
+class ConsoleService(parking_api.ParkingApi, billing_api.BillingApi, patrol_api.PatrolApi, notify_api.NotifyApi):
     name = "console"
     access = RpcProxy("access")
 

@@ -21,8 +21,9 @@ from nameko.events import EventDispatcher, event_handler
 from nameko.rpc import rpc
 from nameko.timer import timer
 
+from gatehouse import outbox
 from gatehouse.nameko_deps import HEARTBEAT_INTERVAL_S, Database, Heartbeat
-from services.parking import store
+from services.parking import store, tables
 
 log = logging.getLogger("parking")
 LANE_EVENTS = ("vehicle_entered", "vehicle_exited", "plate_unconfirmed")
@@ -54,6 +55,11 @@ def ingest(conn, batch: dict) -> int:
             log.error("lane event not usable", extra={"event_id": event["event_id"], "error": str(exc)})
         count += 1
     return count
+
+
+def _with_revision(outbox_id: int, event_type: str, payload: dict) -> dict:
+    # a site's parking items carry the outbox id as their revision: later changes are higher
+    return {**payload, "revision": outbox_id} if event_type == "site_data_changed" else payload
 
 
 class ParkingService:
@@ -134,18 +140,7 @@ class ParkingService:
     @timer(interval=1.0)
     def relay(self):
         """Publish committed events that are not on the bus yet (after a crash too)."""
-        with _relay_lock:
-            while True:
-                with self.db.connect() as conn:
-                    pending = store.unpublished(conn)
-                if not pending:
-                    return
-                for outbox_id, event_type, payload in pending:
-                    if event_type == "site_data_changed":
-                        payload = {**payload, "revision": outbox_id}
-                    self.dispatch(event_type, payload)
-                with self.db.begin() as conn:
-                    store.mark_published(conn, [i for i, _, _ in pending])
+        outbox.relay(self.db, tables.outbox, self.dispatch, _relay_lock, _with_revision)
 
     @timer(interval=HEARTBEAT_INTERVAL_S)
     def heartbeat(self):

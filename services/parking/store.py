@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, insert, select, update
 
-from gatehouse.bus import event_payload
 from gatehouse.db import serialize_writers
+from gatehouse.outbox import queue as outbox_queue
 from gatehouse.records import InvalidInput, NotFound
 from gatehouse.records import now as _now
 from gatehouse.records import require as _require
@@ -218,8 +218,7 @@ def record_snapshot(conn, site_id: str) -> int:
 # -- sessions -----------------------------------------------------------------------------------------
 
 def _queue(conn, site_id: str, event_type: str, **fields) -> None:
-    conn.execute(insert(outbox).values(event_type=event_type, published=False,
-                                       payload=json.dumps(event_payload(site_id, **fields), default=str)))
+    outbox_queue(conn, outbox, site_id, event_type, **fields)
 
 
 def _open_session(conn, lot_id: str, plate: str, tolerate_province: bool):
@@ -306,8 +305,11 @@ def record_exit(conn, lot_id: str, lane_id: str, plate: str, event_id: str, at: 
     conn.execute(update(sessions).where(sessions.c.session_id == row["session_id"]).values(**values))
     closed = {**_plain({**row, **values})}
     closed["due_fen"] = due
+    # billing charges a registered vehicle's fee to its holder (a unit, or a visitor's host)
+    holder = conn.execute(select(vehicles.c.holder).where(vehicles.c.lot_id == lot_id, vehicles.c.plate == row["plate"])
+                          ).scalar()
     _queue(conn, lot_row["site_id"], "session_closed", lot_id=lot_id, session_id=row["session_id"], plate=plate,
-           kind=row["kind"], entered_at=closed["entered_at"], left_at=closed["left_at"], fee_fen=fee,
+           holder=holder, kind=row["kind"], entered_at=closed["entered_at"], left_at=closed["left_at"], fee_fen=fee,
            paid_fen=row["paid_fen"], due_fen=closed["due_fen"], currency=row["currency"], flags=closed["flags"])
     return closed
 
@@ -409,14 +411,3 @@ def decide_read(conn, read_id: str, operator: str, plate: str | None = None) -> 
                read_id=read_id, plate=values["confirmed_plate"], operator=operator)
     return {"read_id": read_id, **_plain(values)}
 
-
-# -- outbox ---------------------------------------------------------------------------------------------
-
-def unpublished(conn, limit: int = 100) -> list[tuple[int, str, dict]]:
-    rows = conn.execute(select(outbox.c.id, outbox.c.event_type, outbox.c.payload)
-                        .where(outbox.c.published.is_(False)).order_by(outbox.c.id).limit(limit)).all()
-    return [(i, t, json.loads(p)) for i, t, p in rows]
-
-
-def mark_published(conn, ids: list[int]) -> None:
-    conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(published=True))

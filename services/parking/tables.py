@@ -19,6 +19,7 @@ from sqlalchemy import (
 )
 
 from gatehouse.db import UTCDateTime
+from gatehouse.outbox import outbox_table
 
 metadata = MetaData()
 
@@ -113,11 +114,4 @@ read_queue = Table(
 )
 
 # Events to publish after commit (session_closed, exit_cleared), sent in order by a relay.
-outbox = Table(
-    "outbox", metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("event_type", String(40), nullable=False),
-    Column("payload", Text, nullable=False),
-    Column("published", Boolean, nullable=False),
-    Index("ix_parking_outbox_unpublished", "published", "id"),
-)
+outbox = outbox_table(metadata, "parking")

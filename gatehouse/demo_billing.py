@@ -1,0 +1,7 @@
+"""The demo estate's billing part (called by gatehouse.demo.seed; idempotent)."""
+from __future__ import annotations
+
+
+def seed(rpc, now):
+    """Yield one printable line per thing seeded."""
+    yield from ()
