@@ -1,0 +1,1 @@
+"""Billing: accounts per unit, fee items and rates, runs, invoices, payments, ledger, late fees, arrears."""
