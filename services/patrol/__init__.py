@@ -1,0 +1,1 @@
+"""Patrol: routes, checkpoints, scheduled rounds, handheld scans, missed-round detection, incidents."""
