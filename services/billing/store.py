@@ -430,7 +430,12 @@ def run_chunk(conn, run_id, chunk=CHUNK) -> dict:
                 r.site_id, invoice_id=invoice_id, number=inv["number"], account_id=a.account_id,
                 unit_id=a.unit_id, payer=a.payer, total_fen=inv["total_fen"], currency=a.currency,
                 period=r.period, due_date=due.isoformat()), ensure_ascii=False)))
-        created_lines = conn.execute(insert_ignore(conn, lines), line_rows).rowcount
+        conn.execute(insert_ignore(conn, lines), line_rows)
+        # (executemany rowcounts are not reliable across drivers: count what is there)
+        created_lines = conn.execute(select(func.count()).select_from(lines).where(
+            lines.c.invoice_id.in_(select(invoices.c.invoice_id).where(
+                invoices.c.run_id == run_id, invoices.c.period == r.period, invoices.c.account_id > lo,
+                invoices.c.account_id <= hi)))).scalar()
         if created_lines != len(line_rows):
             # an invoice is new only if its lines are: anything else is a bug worth a rollback
             raise RuntimeError(f"{len(line_rows) - created_lines} lines already existed for new invoices")
@@ -844,8 +849,8 @@ def accrue_late_fees(conn, site_id, as_of) -> dict:
         delta = target - inv["late_fee_fen"]
         added = conn.execute(insert_ignore(conn, late_fee_accruals).values(
             invoice_id=inv["invoice_id"], through=as_of, days=days, unpaid_principal_fen=unpaid,
-            accrued_micro=accrued, charged_fen=max(delta, 0))).rowcount
-        if not added:
+            accrued_micro=accrued, charged_fen=max(delta, 0)).returning(late_fee_accruals.c.days)).first()
+        if added is None:
             continue
         conn.execute(update(invoices).where(invoices.c.invoice_id == inv["invoice_id"]).values(
             late_accrued_micro=accrued, late_through=as_of, late_fee_fen=invoices.c.late_fee_fen + max(delta, 0)))
@@ -922,9 +927,10 @@ def run_dunning(conn, site_id, as_of) -> dict:
         reached = rules.dunning_steps_reached(days, step_days)
         if not reached:
             continue
+        # RETURNING tells whether the row went in (rowcount is -1 for this on psycopg)
         new = [s for s in reached if conn.execute(insert_ignore(conn, dunning).values(
             invoice_id=r["invoice_id"], step=s, account_id=r["account_id"], days_overdue=days,
-            published=s == reached[-1], at=at)).rowcount]
+            published=s == reached[-1], at=at).returning(dunning.c.step)).first() is not None]
         if not new:
             continue
         if new[-1] != reached[-1]:

@@ -1,0 +1,404 @@
+"""Billing records on both databases: runs that resume without missing or duplicate lines,
+payments applied once (also when submitted twice at once), refused input that writes nothing,
+allocation with prepaid, late fees, the ledger check, arrears, dunning, parking fees, online
+payments through the real fake provider, and the printable documents."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from gatehouse import outbox
+from gatehouse.db import engine_for, migrate
+from services.billing import documents, online, store, tables
+from services.billing.fakeprovider import FakeProviderServer
+
+UNITS = [("1-1-101", "1", "1", "89.50", "Li Wei"), ("1-1-102", "1", "1", "120.00", "Zhang Min"),
+         ("2-1-301", "2", "3", "76.25", "Wang Fang")]
+
+
+@pytest.fixture
+def db(database, monkeypatch):
+    for key, value in database.env().items():
+        monkeypatch.setenv(key, value)
+    if not database.url:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+    migrate("billing")
+    engine = engine_for("billing")
+    with engine.begin() as conn:
+        store.set_site(conn, "s1", "Green Court Estate", late_fee_rate="0.0005", late_fee_grace_days=0,
+                       late_fee_cap="0.1", due_days=15, dunning_days=[7, 30, 60])
+        store.set_fee_item(conn, "s1", "mgmt", "Property management", "area")
+        store.set_rate(conn, "s1", "mgmt", "2.50")
+        store.set_rate(conn, "s1", "mgmt", "3.00", "building", "2")
+        store.set_fee_item(conn, "s1", "rubbish", "Rubbish collection", "fixed")
+        store.set_rate(conn, "s1", "rubbish", "10.00")
+        store.set_fee_item(conn, "s1", "pass", "Monthly parking pass", "pass")
+        store.set_fee_item(conn, "s1", "repair", "Repairs", "one_off")
+        store.upsert_accounts(conn, "s1", [dict(unit_id=u, building=b, floor=f, area_m2=a, payer=p)
+                                           for u, b, f, a, p in UNITS])
+    yield engine
+    engine.dispose()
+
+
+def _acct(engine, unit="1-1-101"):
+    with engine.connect() as conn:
+        return store.account_by_unit(conn, "s1", unit)
+
+
+def _bill(engine, period="2026-10"):
+    with engine.begin() as conn:
+        r = store.start_run(conn, "s1", period)
+    return store.run_all(engine, r["run_id"])
+
+
+def _ledger_ok(engine):
+    with engine.connect() as conn:
+        result = store.verify_ledger(conn)
+    assert result["ok"], result["problems"]
+    return result
+
+
+def _count(engine, table):
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar()
+
+
+def test_a_run_bills_area_fixed_and_pass_fees_once(db):
+    aid = _acct(db)["account_id"]
+    with db.begin() as conn:
+        store.set_pass(conn, aid, "pass", "300.00")
+    state = _bill(db)
+    assert state["status"] == "done" and state["invoices_created"] == 3 and state["lines_created"] == 7
+    with db.connect() as conn:
+        invs = store.list_invoices(conn, "s1")
+        assert [i["total_fen"] for i in invs] == [22375 + 1000 + 30000, 30000 + 1000, 22875 + 1000]
+        assert [i["number"] for i in invs] == ["s1-INV0000001", "s1-INV0000002", "s1-INV0000003"]
+        assert {i["status"] for i in invs} == {"issued"} and invs[0]["due_date"] == "2026-10-16"
+        events = [p for _, t, p in outbox.unpublished(conn, tables.outbox, 100) if t == "invoice_issued"]
+    assert len(events) == 3 and set(events[0]) >= {"invoice_id", "number", "account_id", "unit_id", "payer",
+                                                   "total_fen", "currency", "period", "due_date", "event_id"}
+    again = _bill(db)                                   # the same run: already done, nothing new
+    assert again["run_id"] == state["run_id"]
+    with db.begin() as conn:
+        rerun = store.start_run(conn, "s1", "2026-10", again=True)
+    rerun = store.run_all(db, rerun["run_id"])
+    assert rerun["attempt"] == 2 and rerun["lines_created"] == 0 and rerun["invoices_created"] == 0
+    assert _count(db, tables.lines) == 7
+    _ledger_ok(db)
+
+
+def test_a_run_killed_half_way_resumes_with_no_missing_and_no_duplicate_lines(db):
+    with db.begin() as conn:
+        store.upsert_accounts(conn, "s1", [dict(unit_id=f"9-1-{i:03d}", building="9", floor="1", area_m2="50.00",
+                                                payer=f"P{i}") for i in range(47)])
+        r = store.start_run(conn, "s1", "2026-11")
+
+    class Killed(Exception):
+        pass
+
+    def crash(n):
+        if n == 3:
+            raise Killed
+    with pytest.raises(Killed):
+        store.run_all(db, r["run_id"], chunk=10, after_chunk=crash)
+    with db.connect() as conn:
+        half = store.run(conn, r["run_id"])
+    assert half["status"] == "running" and half["done"] == 30 and half["cursor"] > 0
+    # a chunk killed inside its transaction leaves nothing: simulate by a failing chunk
+    with pytest.raises(RuntimeError), db.begin() as conn:
+        store.run_chunk(conn, r["run_id"], 10)
+        raise RuntimeError("killed mid-chunk")
+    done = store.run_all(db, r["run_id"], chunk=10)
+    assert done["status"] == "done" and done["done"] == 50 and done["invoices_created"] == 50
+    with db.connect() as conn:
+        per_account = conn.execute(select(tables.lines.c.account_id, func.count()).group_by(
+            tables.lines.c.account_id)).all()
+        numbers = sorted(conn.execute(select(tables.invoices.c.number_seq)).scalars())
+    assert len(per_account) == 50 and all(n == 2 for _, n in per_account)     # mgmt + rubbish, once each
+    assert numbers == list(range(1, 51))                                      # no gaps, no repeats
+    _ledger_ok(db)
+
+
+def test_refused_payments_write_nothing(db):
+    _bill(db)
+    aid = _acct(db)["account_id"]
+    before = {t.name: _count(db, t) for t in (tables.payments, tables.journal, tables.allocations, tables.outbox)}
+    cases = [(dict(amount="-5.00"), "more than zero"), (dict(amount="0"), "zero"),
+             (dict(amount="10.001"), "more than 2 decimals"), (dict(amount="10.00", currency="USD"), "currency"),
+             (dict(amount=10.5), "float")]
+    for kwargs, message in cases:
+        with pytest.raises(store.InvalidInput, match=message), db.begin() as conn:
+            store.pay(conn, aid, "k-bad", "cash", **kwargs)
+    with pytest.raises(store.NotFound, match="unknown account"), db.begin() as conn:
+        store.pay(conn, 99999, "k-bad", "cash", "10.00")
+    with pytest.raises(store.InvalidInput, match="method"), db.begin() as conn:
+        store.pay(conn, aid, "k-bad", "cheque", "10.00")
+    assert {t.name: _count(db, t) for t in (tables.payments, tables.journal, tables.allocations, tables.outbox)} == before
+
+
+def test_the_same_payment_submitted_twice_at_once_is_applied_once(db):
+    _bill(db)
+    aid = _acct(db)["account_id"]
+    barrier = threading.Barrier(2)
+    results, errors = [], []
+
+    def submit():
+        try:
+            barrier.wait(5)
+            results.append(store.pay_once(db, store.pay, aid, "double-click-1", "card", "100.00"))
+        except Exception as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(results) == 2
+    assert results[0]["payment_id"] == results[1]["payment_id"]
+    assert sorted(r["duplicate"] for r in results) == [False, True]
+    with db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.payments)).scalar() == 1
+        assert store.account(conn, aid)["receivable_fen"] == 23375 - 10000
+    with pytest.raises(store.InvalidInput, match="already used"), db.begin() as conn:
+        store.pay(conn, aid, "double-click-1", "card", "100.01")
+    _ledger_ok(db)
+
+
+def test_allocation_oldest_first_prepaid_and_later_invoices_draw_from_it(db):
+    _bill(db, "2026-09")
+    _bill(db, "2026-10")
+    aid = _acct(db)["account_id"]                       # 233.75 a month
+    with db.begin() as conn:
+        p = store.pay(conn, aid, "p1", "bank", "300.00", reference="BANK-1")
+        detail = store.payment(conn, p["payment_id"])
+    assert [(a["period"], a["amount_fen"]) for a in detail["allocations"]] == [("2026-09", 23375), ("2026-10", 6625)]
+    with db.begin() as conn:
+        p2 = store.pay(conn, aid, "p2", "cash", "500.00")
+    assert p2["allocated_fen"] == 23375 - 6625 and p2["prepaid_fen"] == 50000 - 16750
+    assert _acct(db)["prepaid_fen"] == 33250
+    _bill(db, "2026-11")                                 # drawn from the prepaid balance at issue
+    acct = _acct(db)
+    assert acct["prepaid_fen"] == 33250 - 23375 and acct["receivable_fen"] == 0
+    with db.connect() as conn:
+        statuses = [i["status"] for i in store.list_invoices(conn, "s1", account_id=aid)]
+    assert statuses == ["paid", "paid", "paid"]
+    _ledger_ok(db)
+
+
+def test_late_fees_are_exact_capped_and_charged_once_a_day(db):
+    _bill(db, "2026-10")                                 # due 2026-10-16
+    aid = _acct(db)["account_id"]
+    with db.begin() as conn:
+        first = store.accrue_late_fees(conn, "s1", "2026-10-26")          # 10 days
+        again = store.accrue_late_fees(conn, "s1", "2026-10-26")
+    assert again["charged_fen"] == 0 and again["invoices"] == 0
+    with db.connect() as conn:
+        inv = store.list_invoices(conn, "s1", account_id=aid)[0]
+    assert inv["late_accrued_micro"] == 23375 * 500 * 10 and inv["late_fee_fen"] == 117      # 116.875 fen
+    assert first["charged_fen"] == 117 + 155 + 119                  # 31000 x 0.5 % and 23875 x 0.5 %
+    with db.begin() as conn:                                         # pay half: accrual follows the principal
+        store.pay(conn, aid, "half", "cash", amount_fen=10000)
+        store.accrue_late_fees(conn, "s1", "2026-10-30")
+    with db.connect() as conn:
+        inv = store.list_invoices(conn, "s1", account_id=aid)[0]
+    assert inv["late_accrued_micro"] == 23375 * 500 * 10 + 13375 * 500 * 4
+    with db.begin() as conn:
+        store.accrue_late_fees(conn, "s1", "2027-12-31")             # far later: the 10 % cap holds
+    with db.connect() as conn:
+        inv = store.list_invoices(conn, "s1", account_id=aid)[0]
+    assert inv["late_fee_fen"] == 2338 and inv["late_accrued_micro"] == 23375 * 100_000
+    _ledger_ok(db)
+
+
+def test_late_fees_first_or_last_in_allocation(db):
+    with db.begin() as conn:
+        store.set_site(conn, "s1", "Green Court Estate", late_fees="first", late_fee_cap="0.1")
+    _bill(db, "2026-10")
+    aid = _acct(db)["account_id"]
+    with db.begin() as conn:
+        store.accrue_late_fees(conn, "s1", "2026-10-26")
+        p = store.pay(conn, aid, "lf", "cash", amount_fen=1000)
+        detail = store.payment(conn, p["payment_id"])
+    assert [(a["component"], a["amount_fen"]) for a in detail["allocations"]] == [("late_fee", 117),
+                                                                                 ("principal", 883)]
+    _ledger_ok(db)
+
+
+def test_the_ledger_check_fails_when_an_entry_is_missing(db):
+    _bill(db)
+    aid = _acct(db)["account_id"]
+    with db.begin() as conn:
+        store.pay(conn, aid, "x", "cash", "50.00")
+    _ledger_ok(db)
+    with db.begin() as conn:
+        last = conn.execute(select(func.max(tables.journal.c.entry_id))).scalar()
+        conn.execute(delete(tables.journal).where(tables.journal.c.entry_id == last))
+    with db.connect() as conn:
+        result = store.verify_ledger(conn)
+    assert not result["ok"] and any("1-1-101" in p for p in result["problems"])
+
+
+def test_credit_notes_refunds_charges_and_void(db):
+    _bill(db)
+    aid = _acct(db, "2-1-301")["account_id"]
+    with db.begin() as conn:
+        inv = store.list_invoices(conn, "s1", account_id=aid)[0]
+        store.pay(conn, aid, "full", "bank", amount_fen=inv["total_fen"])
+        cn = store.credit_note(conn, inv["invoice_id"], "cn-1", "rate was wrong", "20.00")
+        assert cn["to_prepaid_fen"] == 2000 and cn["number"] == "s1-CN000001"
+        with pytest.raises(store.InvalidInput, match="more than the account's prepaid"):
+            store.refund(conn, aid, "rf-0", "bank", "too much", "20.01")
+        rf = store.refund(conn, aid, "rf-1", "bank", "overcharged", "20.00")
+        assert store.refund(conn, aid, "rf-1", "bank", "overcharged", "20.00")["refund_id"] == rf["refund_id"]
+        ch = store.charge(conn, aid, "repair", "80.00", "Window repair", "ch-1")
+        assert store.charge(conn, aid, "repair", "80.00", "Window repair", "ch-1")["duplicate"]
+        with pytest.raises(store.InvalidInput, match="billed by the runs"):
+            store.charge(conn, aid, "mgmt", "80.00", "x", "ch-2")
+        voided = store.void_invoice(conn, ch["invoice_id"], "entered twice")
+        assert voided["status"] == "void" and voided["outstanding_fen"] == 0
+        with pytest.raises(store.InvalidInput, match="credit note instead"):
+            store.void_invoice(conn, inv["invoice_id"], "no")
+    assert _acct(db, "2-1-301")["balance_fen"] == 0
+    _ledger_ok(db)
+
+
+def test_arrears_aging_per_building_and_dunning_once(db):
+    _bill(db, "2026-07")                                 # due 2026-07-16
+    _bill(db, "2026-09")                                 # due 2026-09-16
+    aid = _acct(db, "1-1-102")["account_id"]
+    with db.begin() as conn:
+        store.pay(conn, aid, "all", "cash", "1000.00")
+        report = store.arrears(conn, "s1", "2026-10-20")
+    assert report["accounts_owing"] == 2
+    assert report["buildings"]["1"]["90+"] == 23375 and report["buildings"]["1"]["31-60"] == 23375
+    assert report["buildings"]["2"]["61-90"] == 0 and report["site"]["total"] == 2 * (23375 + 23875)
+    first = report["accounts"][0]
+    assert first["oldest_due_date"] == "2026-07-16" and first["days_overdue"] == 96
+    with db.begin() as conn:
+        sent = store.run_dunning(conn, "s1", "2026-10-20")["reminders"]
+        again = store.run_dunning(conn, "s1", "2026-10-20")["reminders"]
+        events = [p for _, t, p in outbox.unpublished(conn, tables.outbox, 1000) if t == "dunning_due"]
+    assert sent == 4 and again == 0 and len(events) == 4
+    assert {e["step"] for e in events} == {3, 2}          # July invoices: step 3 (60 days); September: step 2
+    assert set(events[0]) >= {"account_id", "unit_id", "payer", "step", "days_overdue", "outstanding_fen",
+                              "currency", "oldest_due_date"}
+
+
+def test_parking_sessions_are_recorded_once(db):
+    event = {"v": 1, "event_id": "e1", "site_id": "s1", "lot_id": "lot1", "session_id": "sess-1", "plate": "皖A1",
+             "holder": "1-1-101", "kind": "resident", "fee_fen": 1500, "paid_fen": 500, "due_fen": 1000,
+             "currency": "CNY", "left_at": "2026-11-27T10:00:00+00:00"}
+    with db.begin() as conn:
+        first = store.record_parking_session(conn, event)
+        second = store.record_parking_session(conn, {**event, "event_id": "e2"})
+        walk_in = store.record_parking_session(conn, {**event, "session_id": "sess-2", "holder": None})
+    assert first["outcome"] == "charged" and second["duplicate"] and walk_in["outcome"] == "uncollected"
+    assert _acct(db)["receivable_fen"] == 1000
+    with db.connect() as conn:
+        income = store.verify_ledger(conn)["income_fen"]
+    assert income["income:parking"] == 500 + 1000 + 500        # two lane payments and one charge
+    _ledger_ok(db)
+
+
+def test_online_payment_round_trip_through_the_fake_provider(db, monkeypatch):
+    """The real fake provider's HTTP server signs a webhook; a tiny receiver hands it to the
+    billing handler (the console does this in production); retries and forgeries change nothing."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            try:
+                result = online.handle_webhook(db, provider, raw, dict(self.headers))
+                status = 200
+            except online.InvalidSignature:
+                result, status = None, 401
+            received.append((status, result))
+            self.send_response(status)
+            self.end_headers()
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    monkeypatch.setenv("BILLING_NOTIFY_URL", f"http://127.0.0.1:{hook.server_address[1]}/hook")
+    fake = FakeProviderServer(secret="test-secret").start()
+    provider = online.FakeProvider(fake.url, "test-secret")
+    try:
+        _bill(db)
+        aid = _acct(db)["account_id"]
+        it = online.start_payment(db, provider, "s1", "web-1", {"kind": "account", "account_id": aid}, "100.00")
+        assert it["status"] == "pending" and it["pay_url"].startswith(fake.url)
+        assert online.start_payment(db, provider, "s1", "web-1", {"kind": "account", "account_id": aid},
+                                    "100.00")["intent_id"] == it["intent_id"]
+        fake.complete(it["provider_ref"])
+        with db.connect() as conn:
+            settled = store.intent(conn, it["intent_id"])
+        assert received[-1][0] == 200 and settled["status"] == "succeeded"
+        fake.deliver(fake.payments[it["provider_ref"]])                   # the provider retries its webhook
+        forged = fake.webhook_body({**fake.payments[it["provider_ref"]], "amount_fen": 999999})
+        import urllib.request
+        req = urllib.request.Request(f"http://127.0.0.1:{hook.server_address[1]}/hook", data=forged, method="POST",
+                                     headers={"X-Fake-Signature": "sha256=" + "0" * 64})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=5)
+        assert refused.value.code == 401
+        with db.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(tables.payments)).scalar() == 1
+            assert store.account(conn, aid)["receivable_fen"] == 23375 - 10000
+        # a parking session paid online whose webhook is lost: the reconciler finds it, once
+        it2 = online.start_payment(db, provider, "s1", "park-1", {"kind": "parking_session", "session_id": "S9",
+                                                                  "lot_id": "lot1"}, amount_fen=700)
+        fake.complete(it2["provider_ref"], deliver=False)
+        assert online.reconcile(db, provider, older_than_s=0)[0]["status"] == "succeeded"
+        assert online.reconcile(db, provider, older_than_s=0) == []
+        with db.connect() as conn:
+            paid = [p for _, t, p in outbox.unpublished(conn, tables.outbox, 1000) if t == "parking_fee_paid"]
+        assert len(paid) == 1 and paid[0]["session_id"] == "S9" and paid[0]["amount_fen"] == 700
+        with db.begin() as conn:   # the session then closes with the online payment counted as paid
+            store.record_parking_session(conn, {"site_id": "s1", "session_id": "S9", "lot_id": "lot1", "holder": None,
+                                                "fee_fen": 700, "paid_fen": 700, "due_fen": 0, "currency": "CNY"})
+        _ledger_ok(db)
+    finally:
+        fake.stop()
+        hook.shutdown()
+
+
+def test_receipts_and_exports(db):
+    _bill(db)
+    a1, a2 = _acct(db)["account_id"], _acct(db, "1-1-102")["account_id"]
+    with db.begin() as conn:
+        p = store.pay(conn, a1, "r1", "cash", "50.00", payer="李伟")
+        p2 = store.pay(conn, a2, "r2", "card", "10.00")
+        r = store.receipt(conn, p["receipt_number"])
+        head, rows = store.export_rows(conn, "s1", "invoices")
+        arrears_head, arrears_rows = store.export_rows(conn, "s1", "arrears", "2026-12-01")
+    assert p["receipt_number"] == "s1-R0000001" and p2["receipt_number"] == "s1-R0000002"
+    page = documents.receipt_html(r)
+    assert "Green Court Estate" in page and "s1-R0000001" in page and "李伟" in page and "50.00" in page
+    assert documents.receipt_pdf(r).startswith(b"%PDF")
+    from openpyxl import load_workbook
+    wb = load_workbook(io.BytesIO(documents.xlsx("invoices", head, rows)))
+    sheet = list(wb.active.values)
+    assert sheet[0][0] == "number" and len(sheet) == 4 and sheet[1][6] == 233.75
+    assert len(arrears_rows) == 3 and arrears_head[5] == "0-30"
+    with pytest.raises(store.InvalidInput), db.connect() as conn:
+        store.export_rows(conn, "s1", "secrets")
+    assert json.dumps(r, ensure_ascii=False)
+
+
+def test_accounts_are_validated_and_upserted(db):
+    with pytest.raises(store.InvalidInput, match="more than 2 decimals"), db.begin() as conn:
+        store.set_account(conn, "s1", "3-1-1", "3", "1", "80.123", "X")
+    with pytest.raises(store.NotFound), db.begin() as conn:
+        store.set_account(conn, "nowhere", "3-1-1", "3", "1", "80.00", "X")
+    with db.begin() as conn:
+        a = store.set_account(conn, "s1", "1-1-101", "1", "1", "90.00", "Li Wei", contacts=[{"phone": "138"}])
+    assert a["area_m2"] == "90.00" and a["contacts"] == [{"phone": "138"}] and _count(db, tables.accounts) == 3
+
