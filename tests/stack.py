@@ -166,6 +166,16 @@ class Stack:
             wait_for(lambda: rpc.parking.list_vehicles("none") == [], timeout=30, interval=0.2,
                      what="parking answering")
 
+    def start_patrol(self) -> None:
+        """Start the patrol service and its handheld gRPC server; wait until both answer."""
+        self.patrol_port = free_port()
+        self.env["PATROL_HANDHELD_ADDRESS"] = f"127.0.0.1:{self.patrol_port}"
+        self.start("patrol", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml", "services.patrol.service"])
+        self.start("patrol-handheld", [sys.executable, "-m", "services.patrol.handheld"])
+        with self.rpc() as rpc:
+            wait_for(lambda: rpc.patrol.list_guards("none") == [], timeout=30, interval=0.2, what="patrol answering")
+        wait_port(self.patrol_port)
+
     def start_console(self) -> None:
         self.start("console", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml",
                                "services.console.service"])

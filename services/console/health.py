@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 STALE_AFTER_S = 6.0     # three missed 2-second heartbeats
-WATCHED = ("access", "edgelink", "parking", "billing")
+WATCHED = ("access", "edgelink", "parking", "billing", "notify", "patrol")
 
 
 class HealthBoard:
