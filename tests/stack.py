@@ -176,6 +176,14 @@ class Stack:
             wait_for(lambda: rpc.patrol.list_guards("none") == [], timeout=30, interval=0.2, what="patrol answering")
         wait_port(self.patrol_port)
 
+    def start_notify(self, extra_env: dict | None = None) -> None:
+        """Start the notify service and wait until it answers RPC (its event queues are bound then)."""
+        self.start("notify", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml",
+                              "services.notify.service"], extra_env)
+        with self.rpc() as rpc:
+            wait_for(lambda: rpc.notify.list_recipients("none") == [], timeout=30, interval=0.2,
+                     what="notify answering")
+
     def start_console(self) -> None:
         self.start("console", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml",
                                "services.console.service"])

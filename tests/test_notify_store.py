@@ -67,6 +67,8 @@ def test_an_event_taken_three_times_writes_its_messages_once(db):
     assert [take(db, "billing.invoice_issued", payload)["duplicate"] for _ in range(2)] == [True, True]
     rows = msgs(db, event_id=payload["event_id"])
     assert first["messages"] == len(rows) == 4
+    with db.connect() as conn:
+        assert store.events_taken(conn) == {"events": 1, "duplicates_ignored": 2}
     # billing SMS is off by default; Anna's broken address fails her email only
     assert sorted((r["recipient_id"], r["channel"], r["status"]) for r in rows) == [
         ("p-anna", "email", "failed"), ("p-anna", "inbox", "delivered"),

@@ -160,6 +160,7 @@ class NotifyService:
         """Messages per channel and status, and what the delivery worker last saw of each channel."""
         with self.db.connect() as conn:
             return {"messages": store.counts(conn), "channels": store.channel_states(conn),
+                    "events": store.events_taken(conn),
                     "due_now": store.due_soon(conn, _now())}
 
     @rpc

@@ -294,9 +294,11 @@ def take_event(conn, event_type: str, payload: dict, cfg: Config, now: datetime)
         raise InvalidInput(f"{event_type}: an event needs event_id and site_id")
     event_id = str(payload["event_id"])
     taken = conn.execute(insert_ignore(conn, consumed_events).values(
-        event_id=event_id, event_type=event_type, site_id=payload["site_id"], received_at=now, messages=0)
+        event_id=event_id, event_type=event_type, site_id=payload["site_id"], received_at=now, messages=0, duplicates=0)
         .returning(consumed_events.c.event_id)).first()
     if taken is None:
+        conn.execute(update(consumed_events).where(consumed_events.c.event_id == event_id)
+                     .values(duplicates=consumed_events.c.duplicates + 1))
         return {"event_id": event_id, "duplicate": True, "messages": 0}
     rows = fan_out(conn, event_type, payload, cfg, now)
     if rows:
@@ -509,6 +511,13 @@ def list_messages(conn, status: str | None = None, channel: str | None = None, r
         if value:
             q = q.where(col == value)
     return [_message_dict(r) for r in conn.execute(q).mappings()]
+
+
+def events_taken(conn) -> dict:
+    """Events taken and the redeliveries that were recognised (and wrote nothing)."""
+    taken, again = conn.execute(select(func.count(), func.coalesce(func.sum(consumed_events.c.duplicates), 0))
+                                .select_from(consumed_events)).one()
+    return {"events": taken, "duplicates_ignored": int(again)}
 
 
 def counts(conn) -> dict:

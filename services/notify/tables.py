@@ -60,6 +60,7 @@ consumed_events = Table(
     Column("site_id", String(64), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("messages", Integer, nullable=False),
+    Column("duplicates", Integer, nullable=False),           # how often it arrived again (redeliveries)
 )
 
 # the outbox of messages: one per (event, recipient, channel), enforced by the database

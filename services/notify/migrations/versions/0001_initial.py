@@ -42,6 +42,7 @@ def upgrade() -> None:
     sa.Column('site_id', sa.String(length=64), nullable=False),
     sa.Column('received_at', gatehouse.db.UTCDateTime(), nullable=False),
     sa.Column('messages', sa.Integer(), nullable=False),
+    sa.Column('duplicates', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('event_id')
     )
     op.create_table('messages',
