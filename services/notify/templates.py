@@ -22,6 +22,8 @@ class TemplateProblem(ValueError):
 
 
 def _money(fen) -> str:
+    if isinstance(fen, jinja2.Undefined):
+        fen._fail_with_undefined_error()
     return rules.yuan(fen)
 
 
