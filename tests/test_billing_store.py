@@ -402,3 +402,19 @@ def test_accounts_are_validated_and_upserted(db):
         a = store.set_account(conn, "s1", "1-1-101", "1", "1", "90.00", "Li Wei", contacts=[{"phone": "138"}])
     assert a["area_m2"] == "90.00" and a["contacts"] == [{"phone": "138"}] and _count(db, tables.accounts) == 3
 
+
+
+def test_a_bank_statement_batch_applies_each_transfer_once_and_refuses_bad_lines(db):
+    _bill(db)
+    a1, a2 = _acct(db)["account_id"], _acct(db, "1-1-102")["account_id"]
+    items = [dict(account_id=a1, idempotency_key="stmt-1", method="bank", amount="100.00", reference="T1"),
+             dict(account_id=99999, idempotency_key="stmt-2", method="bank", amount="1.00"),
+             dict(account_id=a2, idempotency_key="stmt-3", method="bank", amount="1.005"),
+             dict(account_id=a2, idempotency_key="stmt-4", method="bank", amount="310.00")]
+    first = store.pay_batch(db, items, batch=2)
+    again = store.pay_batch(db, items)
+    assert ["error" in r for r in first] == [False, True, True, False]
+    assert "unknown account" in first[1]["error"] and "decimals" in first[2]["error"]
+    assert again[0]["duplicate"] and again[3]["payment_id"] == first[3]["payment_id"]
+    assert _count(db, tables.payments) == 2 and _acct(db, "1-1-102")["balance_fen"] == 0
+    _ledger_ok(db)
