@@ -184,6 +184,14 @@ class Stack:
             wait_for(lambda: rpc.notify.list_recipients("none") == [], timeout=30, interval=0.2,
                      what="notify answering")
 
+    def start_billing(self, extra_env: dict | None = None) -> None:
+        """Start the billing service and wait until it answers RPC (its event queue is bound then)."""
+        self.start("billing", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml",
+                               "services.billing.service"], extra_env)
+        with self.rpc() as rpc:
+            wait_for(lambda: rpc.billing.list_runs("none") == [], timeout=30, interval=0.2,
+                     what="billing answering")
+
     def start_console(self) -> None:
         self.start("console", [str(BIN / "nameko"), "run", "--config", "deploy/nameko.yaml",
                                "services.console.service"])
