@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from concurrent import futures
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -27,7 +28,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gatehouse import logs, settings
-from gatehouse.db import engine_for
+from gatehouse.db import engine_for, is_sqlite
 from gatehouse.patrol.v1 import patrol_pb2 as pb
 from services.patrol import store
 
@@ -104,6 +105,9 @@ class Handheld:
         with engine.begin() as conn:
             self.tokens = Tokens(store.token_secret(conn))
         self._lock = threading.Lock()
+        # SQLite takes one writer at a time: writers queue here (a fair, instant hand-over) rather
+        # than in SQLite's busy handler, which sleeps in growing steps and leaves the lock idle
+        self._writes = threading.Lock() if is_sqlite(engine) else nullcontext()
         self._guards: dict[tuple[str, int], tuple[float, dict | None]] = {}
         self._keys: dict[str, tuple[float, dict]] = {}
 
@@ -152,8 +156,12 @@ class Handheld:
         if not request.guard_id or not request.pin:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "guard_id and pin are required")
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            row, why = store.sign_in(conn, request.guard_id, request.pin, now)
+        with self.engine.connect() as conn:
+            candidate = store.sign_in_candidate(conn, request.guard_id)
+        # the PIN check is slow on purpose (scrypt): no database lock is held meanwhile
+        pin_ok = store.check_pin(request.pin, candidate["pin_hash"] if candidate else store._DUMMY_HASH)
+        with self._writes, self.engine.begin() as conn:
+            row, why = store.sign_in_outcome(conn, request.guard_id, candidate, pin_ok, now)
         if row is None:
             log.warning("sign-in refused", extra={"guard_id": request.guard_id, "device_id": request.device_id,
                                                   "reason": why})
@@ -198,7 +206,7 @@ class Handheld:
                             "has_location": s.has_location, "latitude": s.latitude, "longitude": s.longitude,
                             "accuracy_m": s.accuracy_m, "photo": s.photo or None} for s in request.scans]}
         try:
-            with self.engine.begin() as conn:
+            with self._writes, self.engine.begin() as conn:
                 answer = store.ingest_batch(conn, guard, batch, received_at, self._site_keys(conn, guard["site_id"]))
         except store.InvalidInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -220,7 +228,7 @@ class Handheld:
                   "text": request.text, "photo": request.photo or None,
                   "device_time": _dt(request.device_time) if request.HasField("device_time") else None}
         try:
-            with self.engine.begin() as conn:
+            with self._writes, self.engine.begin() as conn:
                 result = store.report_incident(conn, guard, report, datetime.now(UTC))
         except store.NotAssigned as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))

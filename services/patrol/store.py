@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 
 from gatehouse import signing
 from gatehouse.db import insert_ignore
@@ -190,23 +190,38 @@ def set_shift(conn, site_id: str, shift_id: str, name: str, guard_ids: list[str]
 
 
 def sign_in(conn, guard_id: str, pin: str, now: datetime) -> tuple[dict | None, str]:
-    """(the guard, "") or (None, why). Failed attempts are counted (commit them): after
-    LOCK_AFTER_FAILURES the guard is locked for LOCK_MINUTES."""
+    """(the guard, "") or (None, why), in one transaction (the handheld server splits it, so that
+    the slow PIN check holds no database lock: sign_in_candidate, check_pin, sign_in_outcome)."""
+    row = sign_in_candidate(conn, guard_id)
+    return sign_in_outcome(conn, guard_id, row, check_pin(pin or "", row["pin_hash"] if row else _DUMMY_HASH), now)
+
+
+_DUMMY_HASH = hash_pin("no such guard")     # the same work for an unknown guard: no guard-id oracle
+
+
+def sign_in_candidate(conn, guard_id: str) -> dict | None:
     row = conn.execute(select(guards).where(guards.c.guard_id == guard_id)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def sign_in_outcome(conn, guard_id: str, row: dict | None, pin_ok: bool, now: datetime) -> tuple[dict | None, str]:
+    """Count a failed attempt (after LOCK_AFTER_FAILURES the guard is locked for LOCK_MINUTES) or
+    clear the count; the caller commits either way."""
     if row is None or not row["active"]:
-        check_pin(pin or "", hash_pin("timing"))    # the same work either way: no guard-id oracle
         return None, "unknown or inactive guard, or wrong PIN"
     if row["locked_until"] is not None and row["locked_until"] > now:
         return None, f"too many wrong PINs: signing in is locked until {row['locked_until'].isoformat()}"
-    if not check_pin(pin or "", row["pin_hash"]):
-        failures = row["failed_sign_ins"] + 1
-        locked = now + timedelta(minutes=LOCK_MINUTES) if failures >= LOCK_AFTER_FAILURES else None
+    if not pin_ok:
         conn.execute(update(guards).where(guards.c.guard_id == guard_id)
-                     .values(failed_sign_ins=0 if locked else failures, locked_until=locked))
+                     .values(failed_sign_ins=guards.c.failed_sign_ins + 1))
+        failures = conn.execute(select(guards.c.failed_sign_ins).where(guards.c.guard_id == guard_id)).scalar()
+        if failures >= LOCK_AFTER_FAILURES:
+            conn.execute(update(guards).where(guards.c.guard_id == guard_id)
+                         .values(failed_sign_ins=0, locked_until=now + timedelta(minutes=LOCK_MINUTES)))
         return None, "unknown or inactive guard, or wrong PIN"
     if row["failed_sign_ins"] or row["locked_until"]:
         conn.execute(update(guards).where(guards.c.guard_id == guard_id).values(failed_sign_ins=0, locked_until=None))
-    return dict(row), ""
+    return row, ""
 
 
 def guard_for_token(conn, guard_id: str, epoch: int) -> dict | None:
@@ -214,7 +229,7 @@ def guard_for_token(conn, guard_id: str, epoch: int) -> dict | None:
                               guards.c.active).where(guards.c.guard_id == guard_id)).mappings().first()
     if row is None or not row["active"] or row["token_epoch"] != epoch:
         return None
-    return dict(row)
+    return {**row, "shift_ids": guard_shifts(conn, guard_id)}
 
 
 # -- keys and checkpoint QR codes ---------------------------------------------------------------------
@@ -344,8 +359,9 @@ def set_route(conn, site_id: str, route_id: str, name: str, checkpoints_: list[d
 
 def route_checkpoint_rows(conn, route_ids) -> dict[str, list[dict]]:
     rows = conn.execute(
-        select(route_checkpoints.c.route_id, route_checkpoints.c.seq, checkpoints)
+        select(route_checkpoints.c.route_id, route_checkpoints.c.seq, routes.c.ordered, checkpoints)
         .join(checkpoints, checkpoints.c.checkpoint_id == route_checkpoints.c.checkpoint_id)
+        .join(routes, routes.c.route_id == route_checkpoints.c.route_id)
         .where(route_checkpoints.c.route_id.in_(list(route_ids)))
         .order_by(route_checkpoints.c.route_id, route_checkpoints.c.seq)).mappings()
     out: dict[str, list[dict]] = {}
@@ -716,7 +732,7 @@ def ingest_batch(conn, guard_row: dict, batch: dict, received_at: datetime, keys
 
     keys = keys if keys is not None else public_keys(conn, site_id)
     resolved = _resolve_tags(conn, site_id, new, keys)
-    shift_ids = guard_shifts(conn, guard_id)
+    shift_ids = guard_row["shift_ids"] if "shift_ids" in guard_row else guard_shifts(conn, guard_id)
     times = [s["device_time"] for s in new]
     lo, hi = min(times), max(times)
 
@@ -730,6 +746,7 @@ def ingest_batch(conn, guard_row: dict, batch: dict, received_at: datetime, keys
     round_rows = {r["round_id"]: dict(r) for r in conn.execute(query.with_for_update()).mappings()}
     route_cps = route_checkpoint_rows(conn, {r["route_id"] for r in round_rows.values()}) if round_rows else {}
     seq_of = {rid: {c["checkpoint_id"]: c["seq"] for c in cps} for rid, cps in route_cps.items()}
+    ordered_of = {rid: bool(cps[0]["ordered"]) for rid, cps in route_cps.items()}
 
     # the guard's scans just before/after, for walking speed and repeated tags
     recent = conn.execute(select(scans.c.checkpoint_id, scans.c.device_time, checkpoints.c.latitude,
@@ -797,20 +814,22 @@ def ingest_batch(conn, guard_row: dict, batch: dict, received_at: datetime, keys
     if refused_rows:
         conn.execute(insert_ignore(conn, refused_scans), refused_rows)
     for rid in sorted(touched):
-        _advance_round(conn, round_rows[rid], seq_of.get(round_rows[rid]["route_id"], {}), guard_id, received_at)
+        route_id = round_rows[rid]["route_id"]
+        _advance_round(conn, round_rows[rid], seq_of.get(route_id, {}), ordered_of.get(route_id, True), guard_id,
+                       received_at)
     return {"results": [results[i] for i in [s.get("scan_id") or "" for s in items]], "clock_skew_s": skew}
 
 
 def _record_batch(conn, site_id, guard_id, batch, received_at, skew_ms) -> None:
     if not batch.get("batch_id") or len(batch["batch_id"]) > 64:
         raise InvalidInput("batch_id is required (a UUID, at most 64 characters)")
-    done = conn.execute(update(batches).where(batches.c.batch_id == batch["batch_id"])
-                        .values(last_received_at=received_at, uploads=batches.c.uploads + 1))
-    if done.rowcount == 0:
-        conn.execute(insert_ignore(conn, batches).values(
-            batch_id=batch["batch_id"], site_id=site_id, guard_id=guard_id, device_id=batch.get("device_id") or "",
-            device_sent_at=batch.get("device_sent_at"), first_received_at=received_at,
-            last_received_at=received_at, clock_skew_ms=skew_ms, uploads=1))
+    added = conn.execute(insert_ignore(conn, batches).values(
+        batch_id=batch["batch_id"], site_id=site_id, guard_id=guard_id, device_id=batch.get("device_id") or "",
+        device_sent_at=batch.get("device_sent_at"), first_received_at=received_at,
+        last_received_at=received_at, clock_skew_ms=skew_ms, uploads=1))
+    if added.rowcount == 0:     # the same batch again (a retry)
+        conn.execute(update(batches).where(batches.c.batch_id == batch["batch_id"])
+                     .values(last_received_at=received_at, uploads=batches.c.uploads + 1))
 
 
 def _match_round(s, cp, t, round_rows, seq_of, guard_id, shift_ids):
@@ -854,12 +873,13 @@ def _anomalies(timeline, cp, t) -> list[str]:
     return flags
 
 
-def _evaluate(conn, rnd: dict, seq: dict[str, int]) -> rules.RoundResult:
+def _evaluate(conn, rnd: dict, seq: dict[str, int], ordered: bool) -> tuple[rules.RoundResult, datetime | None]:
+    """The round's result from its counted scans, and the first counted scan's time."""
     visits = [rules.Visit(cp, t, timing == "on_time") for cp, t, timing in conn.execute(
         select(scans.c.checkpoint_id, scans.c.device_time, scans.c.timing)
         .where(scans.c.round_id == rnd["round_id"], scans.c.counted.is_(True)))]
-    ordered = conn.execute(select(routes.c.ordered).where(routes.c.route_id == rnd["route_id"])).scalar()
-    return rules.evaluate_round(list(seq.items()), bool(ordered), visits)
+    started = min((v.at for v in visits), default=None)
+    return rules.evaluate_round(list(seq.items()), ordered, visits), started
 
 
 def _result_json(result: rules.RoundResult) -> str:
@@ -867,13 +887,11 @@ def _result_json(result: rules.RoundResult) -> str:
                        "out_of_order": result.out_of_order})
 
 
-def _advance_round(conn, rnd: dict, seq: dict[str, int], guard_id: str, now: datetime) -> None:
+def _advance_round(conn, rnd: dict, seq: dict[str, int], ordered: bool, guard_id: str, now: datetime) -> None:
     if rnd["status"] not in rules.OPEN_STATUSES:
         return
-    result = _evaluate(conn, rnd, seq)
+    result, started = _evaluate(conn, rnd, seq, ordered)
     status = rules.round_next(rnd["status"], "all_visited" if result.all_visited else "scan")
-    started = conn.execute(select(func.min(scans.c.device_time)).where(
-        scans.c.round_id == rnd["round_id"], scans.c.counted.is_(True))).scalar()
     values = dict(status=status, result=_result_json(result), started_at=started,
                   walked_by=rnd["walked_by"] or guard_id)
     if status == "complete":
@@ -898,7 +916,7 @@ def close_due_rounds(conn, now: datetime, limit: int = 500) -> list[dict]:
     for r in due:
         cps = route_cps.get(r["route_id"], [])
         seq = {c["checkpoint_id"]: c["seq"] for c in cps}
-        result = _evaluate(conn, dict(r), seq)
+        result, _ = _evaluate(conn, dict(r), seq, bool(cps[0]["ordered"]) if cps else True)
         status = rules.round_next(r["status"], "all_visited" if result.all_visited else "grace_over")
         conn.execute(update(rounds).where(rounds.c.round_id == r["round_id"]).values(
             status=status, result=_result_json(result), closed_at=now,
