@@ -826,8 +826,8 @@ def _record_batch(conn, site_id, guard_id, batch, received_at, skew_ms) -> None:
     added = conn.execute(insert_ignore(conn, batches).values(
         batch_id=batch["batch_id"], site_id=site_id, guard_id=guard_id, device_id=batch.get("device_id") or "",
         device_sent_at=batch.get("device_sent_at"), first_received_at=received_at,
-        last_received_at=received_at, clock_skew_ms=skew_ms, uploads=1))
-    if added.rowcount == 0:     # the same batch again (a retry)
+        last_received_at=received_at, clock_skew_ms=skew_ms, uploads=1).returning(batches.c.batch_id)).first()
+    if added is None:     # the same batch again (a retry)
         conn.execute(update(batches).where(batches.c.batch_id == batch["batch_id"])
                      .values(last_received_at=received_at, uploads=batches.c.uploads + 1))
 
