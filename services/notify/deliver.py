@@ -97,7 +97,7 @@ class Deliverer:
             if self.state.get(name) != state:
                 store.set_channel_state(conn, name, state, down, now)
                 self.state[name] = state
-                log.warning("channel %s is %s%s", name, state, f": {down}" if down else "")
+                (log.warning if down else log.info)("channel %s is %s%s", name, state, f": {down}" if down else "")
         if down is None:
             self.pause_s.pop(name, None)
         return len(batch)
