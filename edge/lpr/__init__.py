@@ -4,10 +4,13 @@
     for plate in read_frame(jpeg_bytes):        # best first; [] when the frame shows no plate
         plate.text, plate.colour, plate.confidence, plate.box, plate.ms
 
-Plates are found without a neural detector (colour and stroke proposals on a 640-wide copy of
-the frame, edge/lpr/finder.py), straightened, and read by the PP-OCRv4 recognition model that
-ships inside the rapidocr-onnxruntime wheel (run by onnxruntime), constrained to the plate
-grammars (edge/lpr/text.py). Nothing is downloaded at run time. A `Reader` holds the model
+Plates are found first by cheap colour and stroke proposals on a 640-wide copy of the frame
+(edge/lpr/finder.py); when those give no confident mainland read, by PP-OCRv4's text detector
+on a 480-wide copy (edge/lpr/detector.py, trained on real photographs). Each candidate is
+straightened and read by the PP-OCRv4 recognition model, constrained to the plate grammars
+(edge/lpr/text.py); an unsure best read gets three second looks (narrower, wider, more margin).
+Both models ship inside the rapidocr-onnxruntime wheel and run in onnxruntime: nothing is
+downloaded at run time. A `Reader` holds the model
 (loaded on first use); the module functions share one default Reader.
 
 Frames that cannot be read (empty, not an image, corrupt, truncated, larger than 4096x4096

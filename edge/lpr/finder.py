@@ -48,7 +48,7 @@ _HSV = {
 class Candidate:
     quad: np.ndarray      # 4x2 float32 in the full frame: top-left, top-right, bottom-right, bottom-left
     score: float
-    source: str           # "blue" | "yellow" | "green" | "text"
+    source: str           # "blue" | "yellow" | "green" | "white" | "text" | "det" (detector.py)
     chars: int = 0        # character-like blobs found inside
 
     @property
@@ -114,15 +114,22 @@ class Finder:
         proposals += self._colour(small, gx, min_w)
         proposals += self._text(gx, gray, min_w)
         proposals = _nms(proposals, 0.5)[:PROPOSALS]
+        return self.refined(frame, [Candidate(p.quad / scale, p.score, p.source) for p in proposals])
+
+    def refined(self, frame: np.ndarray, proposals: list[Candidate]) -> list[Candidate]:
+        """Each proposal (in frame coordinates) tightened to its row of characters and scored
+        by them; the best few, best first."""
         out = []
         for p in proposals:
             best = None
-            options = refine(frame, p.quad / scale)
-            if p.source not in ("text", "white"):   # a colour blob can be the plate already
-                options.append(p.quad / scale)
+            options = refine(frame, p.quad)
+            if p.source not in ("text", "white"):   # a colour blob or a detected line can be the plate already
+                options.append(p.quad)
             for quad in options:
                 chars, spread = char_count(frame, quad)
                 score = p.score + _char_score(chars, spread)
+                if p.source == "det":                # no stroke score: the plate's shape counts instead
+                    score += 0.5 * max(0.0, 1 - abs(np.log(_aspect(quad) / 3.4)))
                 if score > 0 and (best is None or score > best.score):
                     best = Candidate(quad, score, p.source, chars)
             if best is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge.lpr.detector import TextDetector
 from edge.lpr.finder import Candidate, Finder, _iou, rectify
 from edge.lpr.frames import FrameError, decode
 from edge.lpr.recognizer import HEIGHT, Recognizer
@@ -24,6 +25,16 @@ CONFIDENT = 0.8
 CONTINUE_RATIO = 0.97
 # ... or scored at least this (a row of 5-9 character blobs on a plate-coloured blob: another car)
 STRONG = 4.8
+# candidates read from one source (proposals, detector) while nothing was read with confidence
+MAX_READS = 4
+
+
+def _second_looks(quad: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """Second looks at an unsure read: the same quad read narrower and wider, and the quad
+    grown by 8% of its width and 15% of its height."""
+    c = quad.mean(axis=0)
+    grown = ((quad - c) * np.array((1.08, 1.15), np.float32) + c).astype(np.float32)
+    return [(quad, WIDTH_FACTOR * 0.8), (quad, WIDTH_FACTOR * 1.25), (grown, WIDTH_FACTOR)]
 
 
 @dataclass
@@ -78,8 +89,11 @@ class Reader:
     """Loads the recognition model once (lazily, on first use) and reads frames and crops.
     Safe to share between threads."""
 
-    def __init__(self, threads: int = 1, max_candidates: int = 6, min_confidence: float = MIN_CONFIDENCE):
+    def __init__(self, threads: int = 1, max_candidates: int = 6, min_confidence: float = MIN_CONFIDENCE,
+                 use_detector: bool = True):
         self.threads = threads
+        self.use_detector = use_detector
+        self._detector: TextDetector | None = None
         self.finder = Finder(max_candidates=max_candidates)
         self.min_confidence = min_confidence
         self._rec: Recognizer | None = None
@@ -97,6 +111,8 @@ class Reader:
 
     def load(self) -> Reader:
         self._model()
+        if self.use_detector:
+            self._text_detector()
         return self
 
     # -- crops ------------------------------------------------------------------------------------
@@ -119,31 +135,24 @@ class Reader:
         """Every plate read in the frame, most confident first; [] when there is none."""
         started = time.perf_counter()
         frame = decode(data)
-        rec, decoder = self._model()
-        cands = self.finder.find(frame)
-        reads: list[tuple[PlateRead, Candidate]] = []
-        # Read the most plate-like candidate first; read the next ones only while nothing has
-        # been read with confidence, or while they look as plate-like as one that was (a second
-        # car). A frame with one clear plate costs one pass of the recogniser.
-        confident_score = None
-        for c in cands:
-            if confident_score is not None and c.score < min(CONTINUE_RATIO * confident_score, STRONG):
-                break
-            qw = float(np.linalg.norm(c.quad[1] - c.quad[0]))
-            qh = float(np.linalg.norm(c.quad[3] - c.quad[0]))
-            rw = int(np.clip(round(HEIGHT * qw / max(qh, 1.0) * WIDTH_FACTOR / 8) * 8, 136, 256))
-            crop = rectify(frame, c.quad, rw, HEIGHT)
-            d = decoder.decode(rec.probs([crop])[0])
-            if not d.text or d.confidence < self.min_confidence:
-                continue
-            reads.append((PlateRead(d.text, plate_colour(crop, d), round(d.confidence, 4), c.box, 0.0,
-                                    d.kind, tuple(map(tuple, c.quad.round(1).tolist()))), c))
-            if d.confidence >= CONFIDENT and confident_score is None:
-                confident_score = c.score
+        reads = self._read(frame, self.finder.find(frame))
+        if self.use_detector and not any(r.confidence >= CONFIDENT and r.kind != "plain" for r in reads):
+            # no mainland plate read with confidence from the cheap proposals (a sign's text can
+            # read as a plain plate): ask the text detector
+            reads += self._read(frame, self.finder.refined(frame, self._text_detector().proposals(frame)))
         # mainland plates (the grammar matched) before plain ones, then by confidence
-        reads.sort(key=lambda rc: (rc[0].kind == "plain", -rc[0].confidence))
+        reads.sort(key=lambda r: (r.kind == "plain", -r.confidence))
+        if reads and reads[0].kind != "plain" and reads[0].confidence < CONFIDENT:
+            # unsure: read the best plate again a little narrower and wider, and with more margin;
+            # the surest read counts (the province character is the usual doubt)
+            best = reads[0]
+            quad0 = np.array(best.quad, np.float32)
+            for quad, factor in _second_looks(quad0):
+                crop, d = self._read_one(frame, quad, factor)
+                if d.text and d.kind != "plain" and d.confidence > reads[0].confidence:
+                    reads[0] = self._plate_read(crop, d, quad0)
         kept: list[PlateRead] = []
-        for r, _ in reads:
+        for r in reads:
             if any(r.text == k.text or _iou(r.box, k.box) > 0.2 for k in kept):
                 continue
             kept.append(r)
@@ -151,6 +160,51 @@ class Reader:
         for r in kept:
             r.ms = ms
         return kept
+
+    def _read(self, frame: np.ndarray, cands: list[Candidate]) -> list[PlateRead]:
+        """Read the most plate-like candidate first; read the next ones only while nothing has
+        been read with confidence, or while they look as plate-like as one that was (a second
+        car). A frame with one clear plate costs one pass of the recogniser."""
+        rec, decoder = self._model()
+        reads: list[PlateRead] = []
+        confident_score = None
+        n_read = 0
+        for c in cands:
+            if confident_score is not None and c.score < min(CONTINUE_RATIO * confident_score, STRONG):
+                break
+            if n_read >= MAX_READS and confident_score is None:
+                break
+            n_read += 1
+            crop, d = self._read_one(frame, c.quad, WIDTH_FACTOR)
+            if not d.text or d.confidence < self.min_confidence:
+                continue
+            reads.append(self._plate_read(crop, d, c.quad))
+            if d.confidence >= CONFIDENT and confident_score is None:
+                confident_score = c.score
+        return reads
+
+    @staticmethod
+    def _plate_read(crop: np.ndarray, d: Decoded, quad: np.ndarray) -> PlateRead:
+        x0, y0 = quad.min(axis=0)
+        x1, y1 = quad.max(axis=0)
+        return PlateRead(d.text, plate_colour(crop, d), round(d.confidence, 4),
+                         (int(x0), int(y0), int(round(x1 - x0)), int(round(y1 - y0))), 0.0, d.kind,
+                         tuple(map(tuple, quad.round(1).tolist())))
+
+    def _read_one(self, frame: np.ndarray, quad: np.ndarray, width_factor: float) -> tuple[np.ndarray, Decoded]:
+        rec, decoder = self._model()
+        qw = float(np.linalg.norm(quad[1] - quad[0]))
+        qh = float(np.linalg.norm(quad[3] - quad[0]))
+        rw = int(np.clip(round(HEIGHT * qw / max(qh, 1.0) * width_factor / 8) * 8, 136, 256))
+        crop = rectify(frame, quad, rw, HEIGHT)
+        return crop, decoder.decode(rec.probs([crop])[0])
+
+    def _text_detector(self) -> TextDetector:
+        if self._detector is None:
+            with self._lock:
+                if self._detector is None:
+                    self._detector = TextDetector(self.threads)
+        return self._detector
 
 
 _default: Reader | None = None

@@ -19,7 +19,6 @@ from fontTools.ttLib import TTCollection
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 from edge.lpr.render import SIGN_WORDS  # noqa: E402
-
 from edge.lpr.text import ALNUM, PROVINCES, SUFFIXES  # noqa: E402
 
 SOURCE = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc")
