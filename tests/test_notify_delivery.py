@@ -179,3 +179,27 @@ def test_webhooks_are_signed_and_a_bad_address_fails_only_its_message(db, server
     assert rows[("bad", "email")]["status"] == "failed" and "malformed email" in rows[("bad", "email")]["last_error"]
     assert rows[("zl", "email")]["status"] == "sent"
     assert [m["rcpt"] for m in smtp.store.parsed()] == [["zl@demo.local"]]
+
+
+def test_a_provider_failing_every_message_costs_three_attempts_a_round_not_one_per_message(db, servers):
+    smtp, provider = servers
+    clock = Clock()
+    cfg = config(smtp, provider)
+    with db.begin() as conn:
+        store.upsert_recipients(conn, [{"recipient_id": f"g{i}", "site_id": SITE, "name": "Guard", "kind": "staff",
+                                        "roles": ["security"], "language": "en", "phone": f"+86138000000{i:02d}"}
+                                       for i in range(6)], clock.now)
+        store.take_event(conn, "access.alarm_raised", {
+            "v": 1, "event_id": "e3", "occurred_at": clock.now.isoformat(), "site_id": SITE, "alarm_id": 9,
+            "gate_id": "north", "device_id": "t1", "kind": "door_held_open", "state": "raised",
+            "raised_at": clock.now.isoformat(), "details": {}}, cfg, clock.now)
+    provider.mode = "fail"
+    worker = Deliverer(db, cfg, clock=clock)
+    assert worker.run_once("sms") == 6
+    worker.close()
+    with db.connect() as conn:
+        sms = store.list_messages(conn, channel="sms", limit=10)
+        [state] = [c for c in store.channel_states(conn) if c["channel"] == "sms"]
+    assert sorted(m["attempts"] for m in sms) == [0, 0, 0, 1, 1, 1] and {m["status"] for m in sms} == {"queued"}
+    assert len(provider.received("/sms")) == 3
+    assert state["state"] == "down" and state["detail"].startswith("3 failures in a row, last: 500")

@@ -32,6 +32,7 @@ from services.notify.config import Config, load
 
 log = logging.getLogger("notify.deliver")
 SEND_CHANNELS = ("email", "sms", "webhook")
+SICK_AFTER = 3          # consecutive provider failures in one batch before the rest of it waits
 
 
 def default_channels(engine: Engine, cfg: Config) -> dict[str, Callable[[], channels.Channel]]:
@@ -68,8 +69,13 @@ class Deliverer:
         if not batch:
             return 0
         channel = self.channel(name)
-        outcomes, down = [], None
+        outcomes, down, failing = [], None, 0
+        started = time.monotonic()
         for message in batch:
+            if down is None and time.monotonic() - started > self.cfg.lease_s / 2:
+                # slow sends: give the rest back well before the lease ends, so no other worker
+                # can claim a message this one is still about to send
+                down, self.pause_s[name] = "batch took too long; the rest go in the next round", 0.0
             if down is not None:
                 outcomes.append({"message_id": message["message_id"], "attempts": message["attempts"],
                                  "outcome": "wait", "answer": down, "delay": self.pause_s[name]})
@@ -77,13 +83,19 @@ class Deliverer:
             try:
                 answer = channel.send(message)
                 outcome = {"outcome": "delivered" if channel.confirms_delivery else "sent", "answer": answer}
+                failing = 0
             except channels.ChannelDown as exc:
                 down = str(exc)
-                self.pause_s[name] = min(self.cfg.channel_pause_max_s, max(0.5, self.pause_s.get(name, 0.25) * 2))
-                self.paused_until[name] = time.monotonic() + self.pause_s[name]
+                self._pause(name)
                 outcome = {"outcome": "wait", "answer": down, "delay": self.pause_s[name]}
             except channels.Retryable as exc:
                 outcome = {"outcome": "retry", "answer": str(exc)}
+                failing += 1
+                if failing >= SICK_AFTER and name != "webhook":
+                    # the provider fails every message (500s, timeouts): the rest wait, uncounted,
+                    # instead of each costing a timeout and an attempt in this round
+                    down = f"{failing} failures in a row, last: {exc}"
+                    self._pause(name)
             except channels.Permanent as exc:
                 outcome = {"outcome": "failed", "answer": str(exc)}
             except Exception as exc:      # a bug or an odd message: this one fails, the rest go on
@@ -101,6 +113,10 @@ class Deliverer:
         if down is None:
             self.pause_s.pop(name, None)
         return len(batch)
+
+    def _pause(self, name: str) -> None:
+        self.pause_s[name] = min(self.cfg.channel_pause_max_s, max(0.5, self.pause_s.get(name, 0.25) * 2))
+        self.paused_until[name] = time.monotonic() + self.pause_s[name]
 
     def digests(self) -> int:
         with self.engine.begin() as conn:
