@@ -1023,10 +1023,10 @@ def verify_ledger(conn, site_id=None) -> dict:
     where = [journal.c.site_id == site_id] if site_id else []
     for code, total in conn.execute(select(journal.c.debit, func.sum(journal.c.amount_fen)).where(*where)
                                     .group_by(journal.c.debit)):
-        sides[code] += total
+        sides[code] += int(total)
     for code, total in conn.execute(select(journal.c.credit, func.sum(journal.c.amount_fen)).where(*where)
                                     .group_by(journal.c.credit)):
-        sides[code] -= total
+        sides[code] -= int(total)
     if sum(sides.values()) != 0:
         problems.append(f"debits and credits differ by {sum(sides.values())} fen")
     aq = select(accounts.c.account_id, accounts.c.unit_id, accounts.c.receivable_fen, accounts.c.prepaid_fen)
@@ -1036,7 +1036,7 @@ def verify_ledger(conn, site_id=None) -> dict:
     if site_id:
         aq = aq.where(accounts.c.site_id == site_id)
         iq = iq.where(invoices.c.site_id == site_id)
-    open_sum = dict(conn.execute(iq).all())
+    open_sum = {a: int(v) for a, v in conn.execute(iq).all()}       # PostgreSQL sums are Decimal
     checked = 0
     for a in conn.execute(aq):
         checked += 1
@@ -1086,7 +1086,7 @@ def record_parking_session(conn, event: dict) -> dict:
     # what billing itself took online for this session is already booked (pay_parking_session)
     online = conn.execute(select(func.coalesce(func.sum(payments.c.amount_fen), 0)).where(
         payments.c.target == f"parking_session:{session_id}")).scalar()
-    lane_paid = max(0, paid - online)
+    lane_paid = max(0, paid - int(online))
     at = now()
     outcome, account_id, invoice_id = "settled", None, None
     if lane_paid:
