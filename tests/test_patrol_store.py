@@ -300,3 +300,20 @@ def test_reports_per_guard_and_route_with_csv_and_xlsx(db):
     assert lines[1][:4] == ["guard", "name", "rounds", "complete"] and lines[2][:2] == ["g1", "Wang Fang"]
     sheet = load_workbook(io.BytesIO(reports.to_xlsx(by_route))).active
     assert sheet["A3"].value == "r1" and sheet["H3"].value == 0.5 and sheet["L3"].value == "cp-garage cp-gate cp-pump"
+
+
+def test_a_round_assigned_to_a_shift_is_walked_by_any_of_its_guards(db):
+    now = _now()
+    with db.begin() as conn:
+        store.set_guard(conn, "s1", "g3", "Sun Qiang", "9753")
+        store.set_shift(conn, "s1", "night", "Night shift", ["g1", "g2"])
+        rid = store.plan_round(conn, "r1", (now - timedelta(minutes=5)).isoformat(), 30, 10, None, "night")["round_id"]
+        assigned = [r["round_id"] for r in store.assignments(conn, "g2", now)["rounds"]]
+        assert store.assignments(conn, "g3", now)["rounds"] == []
+    assert assigned == [rid]
+    assert outcomes(upload(db, [scan("04A1B2C3", now - timedelta(minutes=4))], guard="g2")) == [("stored", "")]
+    refused = upload(db, [scan("04A1B2C4", now - timedelta(minutes=3), rid)], guard="g3")
+    assert outcomes(refused) == [("refused", "not_assigned")] and "shift night" in refused["results"][0].detail
+    with db.connect() as conn:
+        detail = store.round_detail(conn, rid)
+    assert detail["walked_by"] == "g2" and detail["assigned_to"] == "shift:night" and detail["status"] == "in_progress"

@@ -743,7 +743,9 @@ def ingest_batch(conn, guard_row: dict, batch: dict, received_at: datetime, keys
         cond = or_(cond, rounds.c.shift_id.in_(shift_ids))
     window = and_(cond, rounds.c.planned_start <= hi + rules.EARLY_ALLOWANCE, rounds.c.grace_until >= lo)
     query = select(rounds).where(or_(rounds.c.round_id.in_(named), window) if named else window)
-    round_rows = {r["round_id"]: dict(r) for r in conn.execute(query.with_for_update()).mappings()}
+    # locked in one order (round_id), so two handhelds of a shift uploading at once cannot deadlock
+    round_rows = {r["round_id"]: dict(r) for r in conn.execute(query.order_by(rounds.c.round_id).with_for_update())
+                  .mappings()}
     route_cps = route_checkpoint_rows(conn, {r["route_id"] for r in round_rows.values()}) if round_rows else {}
     seq_of = {rid: {c["checkpoint_id"]: c["seq"] for c in cps} for rid, cps in route_cps.items()}
     ordered_of = {rid: bool(cps[0]["ordered"]) for rid, cps in route_cps.items()}
