@@ -28,6 +28,7 @@ class Config:
     # a channel that cannot be reached at all (connection refused): its messages wait, no attempt is
     # counted; the channel is tried again after a pause that doubles up to this cap
     channel_pause_max_s: float = 30.0
+    max_wait_s: float = 86400.0     # ... but a message that waited this long is a dead letter (visible, retryable)
     poll_s: float = 0.5
     batch: int = 500
     lease_s: float = 120.0          # a claimed message not settled by then is claimed again (a crash)
@@ -41,6 +42,7 @@ ENV = {
     "console_url": "NOTIFY_CONSOLE_URL", "retry_base_s": "NOTIFY_RETRY_BASE_S",
     "retry_factor": "NOTIFY_RETRY_FACTOR", "retry_max_delay_s": "NOTIFY_RETRY_MAX_DELAY_S",
     "max_attempts": "NOTIFY_MAX_ATTEMPTS", "channel_pause_max_s": "NOTIFY_CHANNEL_PAUSE_MAX_S",
+    "max_wait_s": "NOTIFY_MAX_WAIT_S",
     "poll_s": "NOTIFY_POLL_S", "batch": "NOTIFY_BATCH", "lease_s": "NOTIFY_LEASE_S",
     "digest_hour": "NOTIFY_DIGEST_HOUR",
 }

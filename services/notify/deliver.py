@@ -78,7 +78,8 @@ class Deliverer:
                 down, self.pause_s[name] = "batch took too long; the rest go in the next round", 0.0
             if down is not None:
                 outcomes.append({"message_id": message["message_id"], "attempts": message["attempts"],
-                                 "outcome": "wait", "answer": down, "delay": self.pause_s[name]})
+                                 "created_at": message["created_at"], "outcome": "wait", "answer": down,
+                                 "delay": self.pause_s[name]})
                 continue
             try:
                 answer = channel.send(message)
@@ -101,7 +102,8 @@ class Deliverer:
             except Exception as exc:      # a bug or an odd message: this one fails, the rest go on
                 log.exception("sending failed", extra={"message_id": message["message_id"]})
                 outcome = {"outcome": "retry", "answer": f"{exc.__class__.__name__}: {exc}"}
-            outcomes.append({"message_id": message["message_id"], "attempts": message["attempts"], **outcome})
+            outcomes.append({"message_id": message["message_id"], "attempts": message["attempts"],
+                             "created_at": message["created_at"], **outcome})
         now = self.clock()
         with self.engine.begin() as conn:
             store.settle(conn, outcomes, now, self.cfg)

@@ -332,8 +332,9 @@ def claim(conn, channel: str, now: datetime, limit: int, lease_s: float) -> list
 
 def settle(conn, outcomes: list[dict], now: datetime, cfg: Config) -> dict:
     """Record what happened to claimed messages. Each outcome: message_id, attempts (as claimed),
-    outcome (sent | delivered | retry | failed | wait), answer, and for wait a delay in seconds.
-    A retry past max_attempts makes a dead letter; a wait counts no attempt."""
+    outcome (sent | delivered | retry | failed | wait), answer, and for wait a delay in seconds
+    (and created_at). A retry past max_attempts makes a dead letter; a wait counts no attempt,
+    but a message that has waited longer than max_wait_s is a dead letter too."""
     updates, log = [], []
     counts: dict[str, int] = defaultdict(int)
     for o in outcomes:
@@ -351,6 +352,10 @@ def settle(conn, outcomes: list[dict], now: datetime, cfg: Config) -> dict:
             else:
                 delay = rules.retry_delay(tries + 1, cfg.retry_base_s, cfg.retry_factor, cfg.retry_max_delay_s)
                 values.update(b_status="queued", b_next=now + timedelta(seconds=delay), b_error=answer)
+        elif kind == "wait" and o.get("created_at") and (now - o["created_at"]).total_seconds() > cfg.max_wait_s:
+            kind = "dead"
+            values.update(b_status="dead", b_attempts=tries,
+                          b_error=f"the channel stayed unreachable past {cfg.max_wait_s:.0f} s: {answer}")
         elif kind == "wait":
             values.update(b_status="queued", b_attempts=tries, b_next=now + timedelta(seconds=o.get("delay", 1.0)),
                           b_error=f"waiting: {answer}", b_answer=None)
