@@ -132,6 +132,15 @@ class Agent:
             self.record(device_id, "emergency_mode_on" if active else "emergency_mode_off", {"source": source})
             if driver.profile.points.free_exit is not None:
                 asyncio.get_running_loop().create_task(self._set_free_exit(device_id, active))
+        for runner in self.lanes.values():   # every barrier up, and kept up, until it is over
+            self.record(runner.barrier_id, "emergency_mode_on" if active else "emergency_mode_off", {"source": source})
+            asyncio.get_running_loop().create_task(self._hold_barrier(runner, active))
+
+    async def _hold_barrier(self, runner, held: bool) -> None:
+        try:
+            await runner.barrier.hold_open(held)
+        except DeviceOffline as exc:   # the driver keeps the wish; its next poll raises the arm
+            log.warning("barrier not reached for emergency", extra={"device_id": runner.barrier_id, "error": str(exc)})
 
     async def _set_free_exit(self, device_id: str, active: bool) -> None:
         try:

@@ -571,6 +571,33 @@ def test_auto_close_once_the_vehicle_has_cleared_the_loop():
     run(scenario())
 
 
+def test_emergency_hold_keeps_the_arm_up_until_released():
+    # Fire: every barrier up and kept up. A car passing does not bring it down, neither does a
+    # close request nor someone closing it at the controller; released, it closes as usual.
+    profile = barrier_profile(auto_close_s=0.3)
+
+    async def scenario():
+        async with barrier_rig(profile, travel_ms=200) as bg:
+            await bg.driver.hold_open(True)
+            await bg.state_when(lambda state: state["arm_state"] == "open")
+            await bg.vehicle(True)
+            await bg.vehicle(False)
+            assert not await bg.driver.close()
+            await asyncio.sleep(0.6)          # twice auto_close_s with the loop clear
+            assert (await bg.state())["arm_state"] == "open"
+
+            await bg.command("close")         # closed at the controller: raised again
+            await bg.events.wait_for("barrier_opened", count=2)
+            assert (await bg.state())["arm_state"] in ("opening", "open")
+
+            await bg.driver.hold_open(False)
+            await bg.state_when(lambda state: state["arm_state"] in ("closing", "closed"))
+            await bg.events.wait_for("barrier_closed")
+            assert (await bg.state())["hits"] == 0
+
+    run(scenario())
+
+
 def test_vehicle_returning_during_the_auto_close_is_let_through():
     # The auto-close has started the arm down when another car (or the same) comes back.
     profile = barrier_profile(auto_close_s=0.2)

@@ -146,6 +146,11 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     stack.start_console()
     stack.start_lane_sims()
     stack.register_agent()
+    awaited = []
+    consumer = EventConsumer(stack.amqp_uri, "test.cashiers", [("parking", "payment_awaited")],
+                             lambda _type, payload: awaited.append(payload))
+    consumer.start_thread()
+    assert consumer.ready.wait(10)
     ok(stack, "POST", "/api/lots", {"site_id": stack.site_id, "lot_id": "lot1", "name": "Garage",
                                     "shared_capacity": 3, "tariff": {**TARIFF, "free_minutes": 0}})
     ok(stack, "POST", "/api/lots/lot1/lanes", {"lane_id": "in1", "name": "Entry", "direction": "entry"})
@@ -217,6 +222,17 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     # a car with no entry record: the lane's flat fee, and it waits
     orphan = camera(stack, "out1", plate="粤B54321", confidence=0.95)
     assert not orphan["opened"] and orphan["reason"] == "no_entry_record" and orphan["fee_fen"] == 2000, orphan
+    camera(stack, "out1", plate="粤B54321", confidence=0.95)             # read again while it waits
+    wait_for(lambda: [a for a in awaited if a["plate"] == "粤B54321"], timeout=15, what="the cashiers told")
+    time.sleep(1)
+    assert [(a["plate"], a["due_fen"]) for a in awaited] == [("苏E9K123", 500), ("粤B54321", 2000)]
+
+    # fire: every barrier up and kept up (the waiting car drives out), then back to normal
+    ok(stack, "POST", "/api/sites", {"site_id": stack.site_id, "name": "Garage site"})
+    ok(stack, "POST", f"/api/sites/{stack.site_id}/emergency", {"active": True, "actor": "op-li", "reason": "fire"})
+    wait_for(lambda: lane_state(stack, "out1")[0]["open_limit"] and lane_state(stack, "in1")[0]["open_limit"],
+             timeout=15, what="both barriers up in the emergency")
+    ok(stack, "POST", f"/api/sites/{stack.site_id}/emergency", {"active": False, "actor": "op-li", "reason": "over"})
 
     # offline: the lane decides alone by its policy; the entry reaches the centre once, later
     stack.stop("edgelink")
@@ -232,3 +248,4 @@ def test_lanes_at_the_edge_resident_visitor_pays_and_unsure_read(stack):
     # the camera goes quiet: device_offline for it
     wait_for(lambda: any(e["kind"] == "device_offline" and e["device_id"] == "in1.camera" for e in stack.events()),
              timeout=20, what="camera offline event")
+    consumer.should_stop = True

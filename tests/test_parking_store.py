@@ -160,3 +160,26 @@ def test_lane_events_from_the_edge_are_ingested_once_and_reads_queued(db):
     with pytest.raises(store.InvalidInput, match="already confirmed"):
         with db.begin() as conn:
             store.decide_read(conn, unsure, "op-wang", None)
+
+
+def test_a_car_waiting_to_pay_tells_the_cashiers_once_per_stay(db):
+    with db.begin() as conn:
+        stay = store.record_entry(conn, "lot1", "in1", "苏E9K123", _id(), T0)
+    waited = _id()
+    with db.begin() as conn:       # the camera reads the waiting car three times; one batch is redelivered
+        first = store.record_exit_waiting(conn, "lot1", "out1", "苏E9K123", waited, T0 + timedelta(minutes=61), 700)
+        assert store.record_exit_waiting(conn, "lot1", "out1", "苏E9K123", waited, T0 + timedelta(minutes=61), 700) is None
+        assert store.record_exit_waiting(conn, "lot1", "out1", "苏E9K123", _id(), T0 + timedelta(minutes=62), 700) is None
+        orphan = store.record_exit_waiting(conn, "lot1", "out1", "粤B54321", _id(), T0, 2000)
+    assert first == {"session_id": stay["session_id"], "due_fen": 700}
+    with db.connect() as conn:
+        awaited = [p for _, t, p in outbox.unpublished(conn, tables.outbox) if t == "payment_awaited"]
+    assert [(p["plate"], p["due_fen"], p["lane_id"]) for p in awaited] == [("苏E9K123", 700, "out1"),
+                                                                         ("粤B54321", 2000, "out1")]
+    assert awaited[0]["event_id"] == waited and awaited[1]["session_id"] == orphan["session_id"]
+    # the car without an entry record pays and leaves: its stay is the one opened while it waited
+    with db.begin() as conn:
+        store.record_payment(conn, orphan["session_id"], "cash-9", 2000, "cash", "cashier-1")
+        closed = store.record_exit(conn, "lot1", "out1", "粤B54321", _id(), T0 + timedelta(minutes=1))
+    assert closed["session_id"] == orphan["session_id"] and "no_entry_record" in closed["flags"]
+    assert closed["fee_fen"] == 2000 and closed["due_fen"] == 0

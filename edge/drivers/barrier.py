@@ -97,6 +97,7 @@ class BarrierDriver(PolledModbusDriver):
         self._auto_close = False  # armed by open()
         self._vehicle_seen = False  # a vehicle was on the loop since the open
         self._clear_since: float | None = None  # monotonic time the loop was first seen clear again
+        self._held = False  # emergency: the arm stays up until released (hold_open)
 
     @property
     def state(self) -> str:
@@ -121,17 +122,34 @@ class BarrierDriver(PolledModbusDriver):
             "open", lambda client: self._write_coil(client, "open", self.profile.points.open, True)
         )
         self._set_motion("opening")
-        self._auto_close = True
+        self._auto_close = not self._held
         self._vehicle_seen = self._present is True
         self._clear_since = None
         log.info("%s: opened on request", self.device_id)
+
+    async def hold_open(self, held: bool) -> None:
+        """Emergency mode: raise the arm and keep it up (no auto-close, close() refused, raised
+        again whenever a poll finds it down) until released. Released, it closes by the usual
+        auto-close once the loop has been clear. The wish is kept while the controller is
+        unreachable (DeviceOffline is raised, and the next poll applies it)."""
+        self._held = held
+        if held:
+            self._auto_close = False
+            await self.open()
+        else:
+            self._auto_close, self._vehicle_seen, self._clear_since = True, True, None
+            log.info("%s: released from emergency hold", self.device_id)
 
     async def close(self) -> bool:
         """Lower the arm unless the loop reports presence (read now, not from the last poll).
 
         Returns True if the close was sent, False if refused because of a vehicle (nothing written).
         Ends any pending auto-close. Raises DeviceOffline if the controller cannot be reached.
+        Refused (False) while held open in an emergency.
         """
+        if self._held:
+            log.warning("%s: close refused: held open (emergency)", self.device_id)
+            return False
 
         async def read_then_close(client: AsyncModbusTcpClient) -> bool:
             if await self._read_bit(client, "read loop_presence", self.profile.points.loop_presence):
@@ -171,6 +189,9 @@ class BarrierDriver(PolledModbusDriver):
         if present and self.state in ("closing", "stopped"):
             await self._reopen_for_safety(client, now)
         self._check_travel(now)
+        if self._held and self.state in ("closed", "closing", "stopped"):
+            await self._write_coil(client, "open (held)", self.profile.points.open, True)
+            self._set_motion("opening", now)
         if self._auto_close:
             await self._auto_close_step(client, present, now)
 

@@ -3,10 +3,12 @@
 Run: nameko run --config deploy/nameko.yaml services.parking.service
 
 It reads lane events from the edge (`edgelink.edge_events_reported`, its own queue beside
-access's): `vehicle_entered`, `vehicle_exited` and `plate_unconfirmed` (a read below the
-lane's confidence, with its crop), keeps sessions and payments, and publishes
-`parking.session_closed` (for billing), `parking.exit_cleared` and `parking.read_confirmed`
-through a transactional outbox.
+access's): `vehicle_entered`, `vehicle_exited`, `exit_waiting` (a fee due at an exit) and
+`plate_unconfirmed` (a read below the lane's confidence, with its crop), and online payments
+of a stay from billing (`billing.parking_fee_paid`); keeps sessions and payments, and publishes
+`parking.session_closed` (for billing), `parking.payment_awaited` (for the cashiers'
+notifications), `parking.exit_cleared` and `parking.read_confirmed` through a transactional
+outbox.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from gatehouse.nameko_deps import HEARTBEAT_INTERVAL_S, Database, Heartbeat
 from services.parking import store, tables
 
 log = logging.getLogger("parking")
-LANE_EVENTS = ("vehicle_entered", "vehicle_exited", "plate_unconfirmed")
+LANE_EVENTS = ("vehicle_entered", "vehicle_exited", "exit_waiting", "plate_unconfirmed")
 INGEST_RETRY_PAUSE_S = 1.0
 _ingest_lock = Semaphore()
 _relay_lock = Semaphore()
@@ -46,6 +48,9 @@ def ingest(conn, batch: dict) -> int:
                 store.record_entry(conn, lot_id, lane_id, plate, event["event_id"], at, bool(event.get("offline")))
             elif event["kind"] == "vehicle_exited":
                 store.record_exit(conn, lot_id, lane_id, plate, event["event_id"], at, bool(event.get("offline")))
+            elif event["kind"] == "exit_waiting":
+                if int(a.get("fee_fen") or 0) > 0:
+                    store.record_exit_waiting(conn, lot_id, lane_id, plate, event["event_id"], at, int(a["fee_fen"]))
             else:
                 crop = base64.b64decode(a["crop_jpeg_b64"]) if a.get("crop_jpeg_b64") else None
                 store.queue_read(conn, lot_id, lane_id, event["event_id"], plate, float(a.get("confidence", 0)),
@@ -120,6 +125,17 @@ class ParkingService:
     @rpc
     def decide_read(self, read_id, operator, plate=None):
         return self._write(store.decide_read, read_id, operator, plate)
+
+    @event_handler("billing", "parking_fee_paid")
+    def on_parking_fee_paid(self, payload):
+        """A stay paid online through billing: recorded once (the payment id is the key), and the
+        lot's exit window opens."""
+        try:
+            self._write(store.record_payment, payload["session_id"], payload["payment_id"], int(payload["amount_fen"]),
+                        "online", "billing")
+        except store.InvalidInput as exc:
+            log.error("online parking payment not recorded", extra={"event_id": payload.get("event_id"),
+                                                                     "error": str(exc)})
 
     @event_handler("edgelink", "snapshot_requested")
     def on_snapshot_requested(self, payload):

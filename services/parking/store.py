@@ -314,6 +314,31 @@ def record_exit(conn, lot_id: str, lane_id: str, plate: str, event_id: str, at: 
     return closed
 
 
+def record_exit_waiting(conn, lot_id: str, lane_id: str, plate: str, event_id: str, at: datetime,
+                        fee_fen: int) -> dict | None:
+    """A car waits at an exit for its fee: tell the cashiers (`parking.payment_awaited`), once per
+    stay however often the camera reads it again. A car with no entry record gets its stay now."""
+    serialize_writers(conn, PARKING_LOCK)
+    lot_row, tariff = _lot_rules(conn, lot_id)
+    plate = _plate(plate)
+    row = _open_session(conn, lot_id, plate, lot_row["tolerate_province"])
+    if row is None:
+        row = dict(session_id=str(uuid.uuid4()), lot_id=lot_id, site_id=lot_row["site_id"], plate=plate,
+                   kind="visitor", entry_event_id=None, entered_at=None, entry_lane=None, paid_fen=0,
+                   currency=tariff.currency, status="open", flags="no_entry_record", fee_fen=None, paid_until=None)
+        conn.execute(insert(sessions).values(**row))
+    flags = set(filter(None, row["flags"].split(",")))
+    if "awaiting_payment" in flags:
+        return None
+    conn.execute(update(sessions).where(sessions.c.session_id == row["session_id"]).values(
+        flags=",".join(sorted(flags | {"awaiting_payment"}))))
+    # the edge event's id is the event's id: a redelivered batch is the same fact to consumers
+    _queue(conn, lot_row["site_id"], "payment_awaited", event_id=event_id, lot_id=lot_id, lane_id=lane_id,
+           session_id=row["session_id"], plate=plate, due_fen=int(fee_fen), currency=row["currency"],
+           waiting_since=at.isoformat())
+    return {"session_id": row["session_id"], "due_fen": int(fee_fen)}
+
+
 def record_payment(conn, session_id: str, payment_id: str, amount_fen: int, method: str, recorded_by: str) -> dict:
     """A payment for a session, once: the same payment_id again (a retry) changes nothing.
     An online payment opens an exit window of the lot's exit_window_minutes."""
