@@ -46,6 +46,8 @@ def test_handhelds_rounds_missed_detection_incidents_and_the_simulator(stack):
         hh = pb_grpc.HandheldStub(channel)
         for guard, pin in (("g1", "2468"), ("g2", "1357")):
             ok(stack, "POST", "/api/patrol/guards", {"site_id": "s1", "guard_id": guard, "name": guard, "pin": pin})
+        wait_for(lambda: ok(stack, "GET", "/api/health")["services"]["patrol"]["state"] == "up", timeout=15,
+                 what="patrol's heartbeat on the console's health board")
         route = ok(stack, "POST", "/api/patrol/routes", {"site_id": "s1", "route_id": "r1", "name": "Night route",
                                                          "checkpoints": CPS})
         code = next(c["qr_code"] for c in route["checkpoints"] if c["checkpoint_id"] == "cp-garage")

@@ -39,7 +39,7 @@ DEFAULT_ADDRESS = "127.0.0.1:50052"
 DEFAULT_WORKERS = 32
 TOKEN_HOURS = 12
 CACHE_S = 5.0             # a deactivated guard or a new key is seen within this many seconds
-MAX_MESSAGE = 64 << 20    # 500 scans with photos are refused one by one, not by the transport
+MAX_MESSAGE = 64 << 20    # a batch with photos (2 MiB each at most) must stay under this: ~30 photos
 
 
 def address() -> str:
