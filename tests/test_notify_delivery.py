@@ -208,3 +208,23 @@ def test_a_provider_failing_every_message_costs_three_attempts_a_round_not_one_p
     assert sorted(m["attempts"] for m in sms) == [0, 0, 0, 1, 1, 1] and {m["status"] for m in sms} == {"queued"}
     assert len(provider.received("/sms")) == 3
     assert state["state"] == "down" and state["detail"].startswith("3 failures in a row, last: 500")
+
+
+def test_two_workers_draining_together_send_each_mail_once(db, servers):
+    import threading
+    smtp, provider = servers
+    cfg = config(smtp, provider, batch=25)
+    residents(db, 150)
+    invoice(db, cfg, datetime.now(UTC))
+    workers = [Deliverer(db, cfg) for _ in range(2)]
+    threads = [threading.Thread(target=w.drain, args=(["email"],)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for w in workers:
+        w.close()
+    assert statuses(db, "email") == ["sent"] * 150
+    received = [m["rcpt"][0] for m in smtp.store.parsed()]
+    assert len(received) == len(set(received)) == 150
+    assert all(w.channels for w in workers)                        # both took part

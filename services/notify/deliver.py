@@ -107,11 +107,12 @@ class Deliverer:
         now = self.clock()
         with self.engine.begin() as conn:
             store.settle(conn, outcomes, now, self.cfg)
-            state = "down" if down else "up"
-            if self.state.get(name) != state:
+        state = "down" if down else "up"
+        if self.state.get(name) != state:
+            with self.engine.begin() as conn:
                 store.set_channel_state(conn, name, state, down, now)
-                self.state[name] = state
-                (log.warning if down else log.info)("channel %s is %s%s", name, state, f": {down}" if down else "")
+            self.state[name] = state
+            (log.warning if down else log.info)("channel %s is %s%s", name, state, f": {down}" if down else "")
         if down is None:
             self.pause_s.pop(name, None)
         return len(batch)

@@ -382,13 +382,11 @@ def webhook_secrets(conn, recipient_ids: list[str]) -> dict[str, str]:
 
 
 def set_channel_state(conn, channel: str, state: str, detail: str | None, now: datetime) -> None:
-    row = conn.execute(select(channel_state).where(channel_state.c.channel == channel)).mappings().first()
-    if row is None:
-        conn.execute(insert(channel_state).values(channel=channel, state=state, since=now, checked_at=now,
-                                                  detail=detail))
-    else:
-        conn.execute(update(channel_state).where(channel_state.c.channel == channel).values(
-            state=state, detail=detail, checked_at=now, since=row["since"] if row["state"] == state else now))
+    conn.execute(insert_ignore(conn, channel_state).values(channel=channel, state=state, since=now, checked_at=now,
+                                                           detail=detail))
+    conn.execute(update(channel_state).where(channel_state.c.channel == channel).values(
+        state=state, detail=detail, checked_at=now,
+        since=case((channel_state.c.state == state, channel_state.c.since), else_=now)))
 
 
 def channel_states(conn) -> list[dict]:
