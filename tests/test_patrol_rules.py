@@ -220,3 +220,12 @@ def test_checkpoint_codes_are_signed_and_cannot_pass_as_another_prefix():
     with pytest.raises(signing.InvalidCode) as other_site:
         signing.verify("GP1", code, {kid: public}, "s2")
     assert other_site.value.reason == "wrong_site"
+
+
+def test_a_missed_round_is_corrected_when_scans_made_in_time_arrive_late():
+    assert rules.round_next("missed", "synced_some") == "incomplete"
+    assert rules.round_next("missed", "synced_all") == "complete"
+    assert rules.round_next("incomplete", "synced_all") == "complete"
+    for closed in ("complete", "expired", "pending", "in_progress"):
+        with pytest.raises(ValueError):
+            rules.round_next(closed, "synced_all")

@@ -317,3 +317,27 @@ def test_a_round_assigned_to_a_shift_is_walked_by_any_of_its_guards(db):
     with db.connect() as conn:
         detail = store.round_detail(conn, rid)
     assert detail["walked_by"] == "g2" and detail["assigned_to"] == "shift:night" and detail["status"] == "in_progress"
+
+
+def test_scans_made_in_time_but_synced_after_the_round_was_missed_reconcile_it(db):
+    now = _now()
+    rid = _plan(db, now - timedelta(minutes=70), round_id="car-park")     # grace ended 30 minutes ago
+    with db.begin() as conn:
+        assert [e["kind"] for e in store.close_due_rounds(conn, now)] == ["round"]
+    walked = [scan("04A1B2C3", now - timedelta(minutes=65), rid), scan(_code(db), now - timedelta(minutes=62), rid,
+                                                                       method="qr")]
+    first = upload(db, walked[:1])
+    assert first["results"][0].outcome == "stored" and "synced_after_close" in first["results"][0].flags
+    with db.connect() as conn:
+        assert store.round_detail(conn, rid)["status"] == "incomplete"
+    upload(db, walked + [scan("04A1B2C4", now - timedelta(minutes=58), rid)])
+    with db.connect() as conn:
+        detail = store.round_detail(conn, rid)
+        events = [(t, p) for _, t, p in outbox.unpublished(conn, tables.outbox)]
+        flagged = store.review_scans(conn, "s1")["flagged"]
+    assert detail["status"] == "complete" and detail["on_time"] is True
+    assert detail["result"]["status_at_close"] == "missed" and detail["result"]["reconciled_at"]
+    assert [t for t, _ in events] == ["round_missed", "round_reconciled", "round_reconciled"]
+    assert [(p["previous_status"], p["status"], p["missed_checkpoints"]) for t, p in events[1:]] == [
+        ("missed", "incomplete", ["cp-garage", "cp-pump"]), ("incomplete", "complete", [])]
+    assert len(flagged) == 3 and all("synced_after_close" in s["flags"] for s in flagged)

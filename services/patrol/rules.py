@@ -120,6 +120,7 @@ def clock_skew_s(device_sent_at: datetime | None, received_at: datetime) -> floa
 
 ROUND_STATUSES = ("pending", "in_progress", "complete", "incomplete", "missed", "expired")
 OPEN_STATUSES = ("pending", "in_progress")
+MISSED_STATUSES = ("missed", "incomplete")
 _ROUND_MOVES = {
     ("pending", "scan"): "in_progress",
     ("in_progress", "scan"): "in_progress",
@@ -128,12 +129,18 @@ _ROUND_MOVES = {
     ("pending", "grace_over"): "missed",
     ("in_progress", "grace_over"): "incomplete",
     ("pending", "withdraw"): "expired",
+    # scans made in time that reached the centre only after the round was closed (offline handheld)
+    ("missed", "synced_all"): "complete",
+    ("incomplete", "synced_all"): "complete",
+    ("missed", "synced_some"): "incomplete",
+    ("incomplete", "synced_some"): "incomplete",
 }
 
 
 def round_next(status: str, event: str) -> str:
-    """The round's status after `event` (scan, all_visited, grace_over, withdraw); ValueError if
-    the round cannot take it (a closed round never reopens)."""
+    """The round's status after `event` (scan, all_visited, grace_over, withdraw, synced_all,
+    synced_some); ValueError if the round cannot take it. A closed round never reopens for walking;
+    one closed as missed or incomplete is corrected when scans made in time arrive late."""
     try:
         return _ROUND_MOVES[(status, event)]
     except KeyError:

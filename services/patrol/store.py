@@ -782,8 +782,11 @@ def ingest_batch(conn, guard_row: dict, batch: dict, received_at: datetime, keys
         if not {"future_time", "ancient_time"} & set(flags):
             flags += _anomalies(timeline, cp, t)
         timeline.append((t, cp["checkpoint_id"], cp["latitude"], cp["longitude"]))
-        counted = bool(rnd) and timing in ("on_time", "late") and rnd["status"] in ("pending", "in_progress",
-                                                                                   "complete")
+        counted = bool(rnd) and timing in ("on_time", "late") and rnd["status"] != "expired"
+        if counted and rnd["status"] in rules.MISSED_STATUSES:
+            # walked in time but synced after the round was closed as missed (an hour without
+            # signal): it counts, the round is reconciled, and a supervisor should look at it
+            flags.append("synced_after_close")
         review = bool(set(flags) - {"no_round"})
         rows.append(dict(scan_id=sid, site_id=site_id, guard_id=guard_id, device_id=batch.get("device_id") or "",
                          batch_id=batch["batch_id"], round_id=rnd["round_id"] if rnd else None,
@@ -890,6 +893,9 @@ def _result_json(result: rules.RoundResult) -> str:
 
 
 def _advance_round(conn, rnd: dict, seq: dict[str, int], ordered: bool, guard_id: str, now: datetime) -> None:
+    if rnd["status"] in rules.MISSED_STATUSES:
+        _reconcile_round(conn, rnd, seq, ordered, guard_id, now)
+        return
     if rnd["status"] not in rules.OPEN_STATUSES:
         return
     result, started = _evaluate(conn, rnd, seq, ordered)
@@ -899,6 +905,28 @@ def _advance_round(conn, rnd: dict, seq: dict[str, int], ordered: bool, guard_id
     if status == "complete":
         values.update(on_time=result.on_time, closed_at=now)
     conn.execute(update(rounds).where(rounds.c.round_id == rnd["round_id"]).values(**values))
+    rnd.update(values)
+
+
+def _reconcile_round(conn, rnd: dict, seq: dict[str, int], ordered: bool, guard_id: str, now: datetime) -> None:
+    """A round closed as missed or incomplete whose scans, made in time, arrived afterwards: it
+    becomes complete or less incomplete, and `patrol.round_reconciled` tells the supervisor who
+    was told it was missed."""
+    before = json.loads(rnd["result"]) if rnd["result"] else {}
+    result, started = _evaluate(conn, rnd, seq, ordered)
+    if result.missing == before.get("missing"):
+        return
+    status = rules.round_next(rnd["status"], "synced_all" if result.all_visited else "synced_some")
+    values = dict(status=status, result=json.dumps({**json.loads(_result_json(result)), "reconciled_at": now.isoformat(),
+                                                    "status_at_close": before.get("status_at_close", rnd["status"])}),
+                  started_at=started, walked_by=rnd["walked_by"] or guard_id,
+                  on_time=result.on_time if status == "complete" else False)
+    conn.execute(update(rounds).where(rounds.c.round_id == rnd["round_id"]).values(**values))
+    name = conn.execute(select(routes.c.name).where(routes.c.route_id == rnd["route_id"])).scalar()
+    outbox_queue(conn, outbox, rnd["site_id"], "round_reconciled", round_id=rnd["round_id"],
+                 route_id=rnd["route_id"], route_name=name, guard_id=values["walked_by"],
+                 assigned_to=rnd["guard_id"] or rnd["shift_id"], previous_status=rnd["status"], status=status,
+                 missed_checkpoints=result.missing, supervisor_role=SUPERVISOR_ROLE)
     rnd.update(values)
 
 
