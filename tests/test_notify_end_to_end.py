@@ -98,6 +98,14 @@ def test_redelivered_events_reach_each_recipient_once_and_dead_letters_are_retri
         assert ok(stack, "GET", "/api/notify/inbox/p-liwei?unread=1")["unread"] == 1
         code, _ = api(stack, "GET", "/api/notify/inbox/p-nobody")
         assert code == 404
+        prefs = ok(stack, "POST", "/api/notify/recipients/p-zhangmin/preferences",
+                   {"preferences": [{"category": "billing", "channel": "sms", "enabled": True}]})["preferences"]
+        assert {"category": "billing", "channel": "sms", "enabled": True, "default": False} in prefs
+        quiet = ok(stack, "POST", "/api/notify/recipients/p-zhangmin/quiet-hours", {"start": "22:00", "end": "07:00"})
+        assert (quiet["quiet_start"], quiet["quiet_end"]) == ("22:00", "07:00")
+        code, error = api(stack, "POST", "/api/notify/recipients/p-zhangmin/quiet-hours", {"start": "25:00",
+                                                                                          "end": "07:00"})
+        assert code == 400 and "HH:MM" in error["error"]
 
         # the SMS provider answered 500 to every try: a dead letter after three
         def dead():

@@ -32,6 +32,7 @@ from services.notify.config import Config, load
 
 log = logging.getLogger("notify.deliver")
 SEND_CHANNELS = ("email", "sms", "webhook")
+SETTLE_TRIES = 8        # ~25 s of database trouble before a sent batch is left to its lease
 SICK_AFTER = 3          # consecutive provider failures in one batch before the rest of it waits
 
 
@@ -105,8 +106,7 @@ class Deliverer:
             outcomes.append({"message_id": message["message_id"], "attempts": message["attempts"],
                              "created_at": message["created_at"], **outcome})
         now = self.clock()
-        with self.engine.begin() as conn:
-            store.settle(conn, outcomes, now, self.cfg)
+        self._settle(outcomes, now)
         state = "down" if down else "up"
         if self.state.get(name) != state:
             with self.engine.begin() as conn:
@@ -116,6 +116,19 @@ class Deliverer:
         if down is None:
             self.pause_s.pop(name, None)
         return len(batch)
+
+    def _settle(self, outcomes: list[dict], now: datetime) -> None:
+        # what was sent must be recorded: a settle lost here means a resend when the lease ends
+        for attempt in range(SETTLE_TRIES):
+            try:
+                with self.engine.begin() as conn:
+                    store.settle(conn, outcomes, now, self.cfg)
+                return
+            except Exception:
+                if attempt == SETTLE_TRIES - 1:
+                    raise
+                log.exception("could not record a batch's outcomes; trying again")
+                time.sleep(min(5.0, 0.2 * 2 ** attempt))
 
     def _pause(self, name: str) -> None:
         self.pause_s[name] = min(self.cfg.channel_pause_max_s, max(0.5, self.pause_s.get(name, 0.25) * 2))
