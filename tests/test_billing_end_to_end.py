@@ -125,10 +125,20 @@ def test_billing_through_the_bus_and_the_console(stack):
         code, err = api(stack, "GET", "/api/billing/receipts/nope.html")
         assert code == 404
 
+        # a bank statement: each transfer once, a bad line refused on its own
+        statement = {"transfers": [{"account_id": acct["account_id"], "idempotency_key": "bank-77",
+                                    "amount": "10.00", "reference": "CMB-77"},
+                                   {"account_id": 424242, "idempotency_key": "bank-78", "amount": "5.00"}]}
+        first = ok(stack, "POST", "/api/billing/bank-transfers", statement)
+        again = ok(stack, "POST", "/api/billing/bank-transfers", statement)
+        assert "error" not in first[0] and "unknown account" in first[1]["error"] and again[0]["duplicate"]
+        assert ok(stack, "GET", f"/api/billing/accounts/{acct['account_id']}")["receivable_fen"] == 8375 - 1000
+        assert ok(stack, "GET", "/api/billing/ledger/verify")["ok"]
+
         # what the notify service hears
         wait_for(lambda: {t for t, _ in events} >= {"invoice_issued", "payment_received"}, what="billing events")
         received = [p for t, p in events if t == "payment_received"]
-        assert len(received) == 2 and received[0]["receipt_path"].startswith("/api/billing/receipts/")
+        assert len(received) == 3 and received[0]["receipt_path"].startswith("/api/billing/receipts/")
         assert wait_for(lambda: ok(stack, "GET", "/api/health")["services"]["billing"]["state"] == "up",
                         what="billing heartbeat")
     finally:

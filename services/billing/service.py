@@ -141,6 +141,15 @@ class BillingService:
                           reference, amount_fen)
 
     @rpc
+    def pay_batch(self, items):
+        """A bank statement's transfers: [{account_id, idempotency_key, method, amount|amount_fen, ...}]."""
+        if not isinstance(items, list) or len(items) > 20000:
+            raise store.InvalidInput("items must be a list of at most 20,000 payments")
+        result = store.pay_batch(self.db, items)
+        self.relay()
+        return result
+
+    @rpc
     def payment(self, payment_id):
         return self._read(store.payment, payment_id)
 

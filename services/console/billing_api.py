@@ -167,6 +167,21 @@ class BillingApi:
         return answer(lambda: self.billing.pay(account_id, **body(
             request, ("idempotency_key", "method"), (*MONEY, "currency", "payer", "operator", "reference"))), 201)
 
+    @http("POST", "/api/billing/bank-transfers")
+    def billing_bank_transfers(self, request):
+        """A bank statement: {"transfers": [{account_id, idempotency_key, amount, reference}, ...]};
+        each applied once, each bad line answered with its error and not written."""
+        def call():
+            rows = body(request, ("transfers",))["transfers"]
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise BadRequest("transfers must be a list of objects")
+            allowed = {"account_id", "idempotency_key", "amount", "amount_fen", "currency", "payer", "reference"}
+            for r in rows:
+                if set(r) - allowed:
+                    raise BadRequest(f"unknown field(s) {sorted(set(r) - allowed)}; allowed: {sorted(allowed)}")
+            return self.billing.pay_batch([{**r, "method": "bank", "operator": "bank-import"} for r in rows])
+        return answer(call, 201, timeout=120)
+
     @http("GET", "/api/billing/payments/<payment_id>")
     def billing_payment(self, request, payment_id):
         return answer(lambda: self.billing.payment(payment_id))
