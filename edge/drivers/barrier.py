@@ -40,9 +40,9 @@ the loop is reported (vehicle_present) and so is a fault code already set. After
 everything is compared with what was last seen, so a change during an outage is still reported.
 
 ``edge.drivers.modbus.PolledModbusDriver`` is the connection, polling, backoff and online/offline
-machinery, shared with ``edge.drivers.display.DisplayDriver``; it is the same as ``TurnstileDriver``'s (retries and
+machinery, shared with ``edge.drivers.display.DisplayDriver`` and ``TurnstileDriver`` (retries and
 pymodbus's own reconnection off, exponential backoff of our own, commands on the polling
-connection, ``DeviceOffline`` from ``edge.drivers.turnstile`` so one except clause serves all).
+connection, one ``DeviceOffline`` for every driver so one except clause serves all).
 """
 
 from __future__ import annotations
@@ -52,12 +52,7 @@ import time
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from edge.drivers.modbus import PolledModbusDriver
-from edge.drivers.turnstile import (
-    DeviceOffline,
-    EventSink,
-    plan_register_reads,
-)
+from edge.drivers.modbus import DeviceOffline, EventSink, PolledModbusDriver, plan_register_reads
 from edge.profiles import BarrierProfile, ProfileError
 
 log = logging.getLogger(__name__)

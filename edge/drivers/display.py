@@ -26,8 +26,7 @@ from functools import partial
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from edge.drivers.modbus import PolledModbusDriver
-from edge.drivers.turnstile import DeviceOffline, EventSink, plan_register_reads
+from edge.drivers.modbus import DeviceOffline, EventSink, PolledModbusDriver, plan_register_reads
 from edge.profiles import DisplayProfile, ProfileError, RegisterBlockPoint, Uint32Point
 
 log = logging.getLogger(__name__)

@@ -2,13 +2,15 @@
 backoff of our own (pymodbus's retries and reconnection off), commands on the polling
 connection, and `device_online` / `device_offline` reported once per outage.
 
-`DeviceOffline` is the turnstile driver's, so one except clause serves every driver.
+`DeviceOffline` is raised by every driver (``edge.drivers.turnstile`` re-exports it), so one
+except clause serves them all.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -16,28 +18,75 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from edge.backoff import Backoff
-from edge.drivers.turnstile import (
-    _BIT_TABLES,
-    _READERS,
-    DeviceOffline,
-    EventSink,
-    RegisterRead,
-    _cancel_and_wait,
-    _LinkDown,
-)
 from edge.profiles import Point
 
 log = logging.getLogger(__name__)
+
+EventSink = Callable[[str, dict[str, str]], None]
+
+_READERS = {
+    "coil": "read_coils",
+    "discrete_input": "read_discrete_inputs",
+    "holding_register": "read_holding_registers",
+    "input_register": "read_input_registers",
+}
+_BIT_TABLES = ("coil", "discrete_input")
+
+
+class DeviceOffline(Exception):
+    """The device cannot be reached, or a command to it failed (it is then reported offline)."""
+
+
+class _LinkDown(Exception):
+    """A Modbus exchange failed; the connection is given up. The message is the short reason."""
+
+
+@dataclass(frozen=True)
+class RegisterRead:
+    """One read request covering points at adjacent addresses of one table (registers or bits)."""
+
+    table: str
+    address: int
+    roles: tuple[str, ...]
+
+
+def plan_register_reads(points: dict[str, Point]) -> list[RegisterRead]:
+    """Group points into as few reads as possible: one per run of adjacent addresses in one table.
+
+    Works for the bit tables as well (coils, discrete inputs): a read returns one value per role.
+    """
+    reads: list[RegisterRead] = []
+    for role, point in sorted(points.items(), key=lambda item: (item[1].table, item[1].address)):
+        last = reads[-1] if reads else None
+        if last and last.table == point.table and last.address + len(last.roles) == point.address:
+            reads[-1] = RegisterRead(last.table, last.address, (*last.roles, role))
+        else:
+            reads.append(RegisterRead(point.table, point.address, (role,)))
+    return reads
+
+
+async def _cancel_and_wait(task: asyncio.Task) -> None:
+    """Cancel a task and wait for it to end, cancelling again if the cancellation got lost.
+
+    On Python 3.11, asyncio.wait_for (which pymodbus awaits every response and connect with)
+    swallows a cancellation that arrives together with the response, and the task carries on.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.01)
 
 
 class PolledModbusDriver:
     """One Modbus TCP device: keeps a connection, polls ``self._reads``, reports online/offline.
 
     Subclasses set ``_reads`` and override ``_on_connect`` (baselines, before device_online) and
-    ``_apply`` (each status read, after device_online; it may write through ``_transact``).
+    ``_apply`` (each status read, after device_online; it may write through ``_transact``). One
+    with background tasks of its own extends ``_detach_tasks`` so that ``stop`` cancels them too;
+    ``_log`` is the logger the connection machinery writes to (a subclass may name its own).
     """
 
     kind = "device"
+    _log = log
 
     def __init__(
         self,
@@ -58,7 +107,7 @@ class PolledModbusDriver:
         self._reads: list[RegisterRead] = []
         self._client: AsyncModbusTcpClient | None = None
         self._online: bool | None = None  # None until the first connection attempt has an outcome
-        self._first_outcome = asyncio.Event()
+        self._first_outcome = asyncio.Event()  # set once _online is no longer None
         self._task: asyncio.Task | None = None
 
     @property
@@ -71,15 +120,19 @@ class PolledModbusDriver:
             self._task = asyncio.create_task(self._run(), name=f"{self.kind} {self.device_id}")
 
     async def stop(self) -> None:
-        """Stop polling and close the connection."""
-        task, self._task = self._task, None
-        if task is not None:
-            await _cancel_and_wait(task)
+        """Stop polling (and any other background task of the driver) and close the connection."""
+        tasks = [task for task in self._detach_tasks() if task is not None]
+        await asyncio.gather(*(_cancel_and_wait(task) for task in tasks))
         if self._client is not None:
             self._client.close()
             self._client = None
 
     # -- to override -------------------------------------------------------------------------
+
+    def _detach_tasks(self) -> list[asyncio.Task | None]:
+        """The background tasks ``stop`` cancels (together), each forgotten by the driver here."""
+        task, self._task = self._task, None
+        return [task]
 
     async def _on_connect(self, client: AsyncModbusTcpClient, status: dict[str, int]) -> None:
         """Right after (re)connecting, before device_online is reported."""
@@ -96,7 +149,7 @@ class PolledModbusDriver:
             except _LinkDown as exc:
                 self._mark_offline(str(exc))
             except Exception as exc:  # a bug must not silently end the supervision of a gate
-                log.exception("%s: driver error", self.device_id)
+                self._log.exception("%s: driver error", self.device_id)
                 self._mark_offline(f"driver error: {exc!r}")
             await self._backoff.sleep()
 
@@ -135,6 +188,7 @@ class PolledModbusDriver:
                 f"read {read.table} {read.address}",
                 partial(reader, read.address, count=count, device_id=self.profile.unit),
             )
+            # bits come padded to a whole byte
             values = response.bits[:count] if read.table in _BIT_TABLES else response.registers
             status.update(zip(read.roles, map(int, values), strict=True))
         return status
@@ -165,7 +219,7 @@ class PolledModbusDriver:
     async def _transact(self, what: str, request: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
         """One Modbus request/response; raises _LinkDown with a short reason on any failure."""
         try:
-            response = await request()
+            response = await request()  # pymodbus raises ConnectionException before sending if not connected
         except ConnectionException:
             raise _LinkDown(f"{what}: connection lost") from None
         except ModbusIOException:
@@ -197,18 +251,18 @@ class PolledModbusDriver:
         self._first_outcome.set()
         if self._online is not True:
             self._online = True
-            log.info("%s: online at %s:%d", self.device_id, self.host, self.port)
+            self._log.info("%s: online at %s:%d", self.device_id, self.host, self.port)
             self._emit("device_online", {})
 
     def _mark_offline(self, reason: str) -> None:
         self._first_outcome.set()
         if self._online is not False:
             self._online = False
-            log.warning("%s: offline: %s", self.device_id, reason)
+            self._log.warning("%s: offline: %s", self.device_id, reason)
             self._emit("device_offline", {"error": reason})
 
     def _emit(self, kind: str, attributes: dict[str, str]) -> None:
         try:
             self._on_event(kind, attributes)
         except Exception:
-            log.exception("%s: on_event(%r) failed", self.device_id, kind)
+            self._log.exception("%s: on_event(%r) failed", self.device_id, kind)

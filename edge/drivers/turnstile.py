@@ -32,7 +32,10 @@ so a controller that restarted during an emergency turns freely again.
 pymodbus retries and reconnects on its own by default; both are switched off (``retries=0``,
 ``reconnect_delay=0``) so a failure surfaces after one ``timeout_s`` and the driver reconnects
 with its own exponential backoff. Everything is asynchronous: an unreachable controller costs
-its own task some waiting and never delays other drivers in the event loop.
+its own task some waiting and never delays other drivers in the event loop. That connection,
+polling, backoff and online/offline machinery is ``edge.drivers.modbus.PolledModbusDriver``'s,
+shared with the barrier and display drivers; ``DeviceOffline``, ``EventSink``, ``RegisterRead``
+and ``plan_register_reads`` live there too and are re-exported here.
 """
 
 from __future__ import annotations
@@ -40,63 +43,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from functools import partial
 
 from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from edge.backoff import Backoff
-from edge.profiles import DeviceProfile, Point
+from edge.drivers.modbus import (
+    DeviceOffline,
+    EventSink,
+    PolledModbusDriver,
+    RegisterRead,
+    plan_register_reads,
+)
+from edge.profiles import DeviceProfile
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[str, dict[str, str]], None]
+__all__ = [
+    "COUNTER_MODULO",
+    "DeviceOffline",
+    "EventSink",
+    "RegisterRead",
+    "TurnstileDriver",
+    "counter_increments",
+    "plan_register_reads",
+]
 
 COUNTER_MODULO = 1 << 16
 _POLLED_ROLES = ("passage_count", "forced_count", "fault_code")
 _POLLED_OPTIONAL_ROLES = ("emergency_input", "door_open")  # polled when the profile has them
-_READERS = {
-    "coil": "read_coils",
-    "discrete_input": "read_discrete_inputs",
-    "holding_register": "read_holding_registers",
-    "input_register": "read_input_registers",
-}
-_BIT_TABLES = ("coil", "discrete_input")
-
-
-class DeviceOffline(Exception):
-    """The turnstile cannot be reached, or a command to it failed (it is then reported offline)."""
-
-
-class _LinkDown(Exception):
-    """A Modbus exchange failed; the connection is given up. The message is the short reason."""
-
-
-@dataclass(frozen=True)
-class RegisterRead:
-    """One read request covering points at adjacent addresses of one table (registers or bits)."""
-
-    table: str
-    address: int
-    roles: tuple[str, ...]
-
-
-def plan_register_reads(points: dict[str, Point]) -> list[RegisterRead]:
-    """Group points into as few reads as possible: one per run of adjacent addresses in one table.
-
-    Works for the bit tables as well (coils, discrete inputs): a read returns one value per role.
-    """
-    reads: list[RegisterRead] = []
-    for role, point in sorted(points.items(), key=lambda item: (item[1].table, item[1].address)):
-        last = reads[-1] if reads else None
-        if last and last.table == point.table and last.address + len(last.roles) == point.address:
-            reads[-1] = RegisterRead(last.table, last.address, (*last.roles, role))
-        else:
-            reads.append(RegisterRead(point.table, point.address, (role,)))
-    return reads
 
 
 def counter_increments(before: int, now: int) -> int | None:
@@ -109,19 +83,11 @@ def counter_increments(before: int, now: int) -> int | None:
     return None if step >= COUNTER_MODULO // 2 else step
 
 
-async def _cancel_and_wait(task: asyncio.Task) -> None:
-    """Cancel a task and wait for it to end, cancelling again if the cancellation got lost.
-
-    On Python 3.11, asyncio.wait_for (which pymodbus awaits every response and connect with)
-    swallows a cancellation that arrives together with the response, and the task carries on.
-    """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.01)
-
-
-class TurnstileDriver:
+class TurnstileDriver(PolledModbusDriver):
     """Talks to one turnstile controller; events go to ``on_event(kind, attributes)``."""
+
+    kind = "turnstile"
+    _log = log
 
     def __init__(
         self,
@@ -133,12 +99,8 @@ class TurnstileDriver:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
     ) -> None:
-        self.device_id = device_id
-        self.profile = profile
-        self.host = host
-        self.port = port
-        self._on_event = on_event
-        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
+        super().__init__(device_id, profile, host, port, on_event, backoff_initial_s, backoff_max_s)
+        self.profile: DeviceProfile = profile
         polled = {role: getattr(profile.points, role) for role in _POLLED_ROLES}
         polled.update(
             (role, point)
@@ -146,40 +108,18 @@ class TurnstileDriver:
             if (point := getattr(profile.points, role)) is not None
         )
         self._reads = plan_register_reads(polled)
-        self._client: AsyncModbusTcpClient | None = None
-        self._online: bool | None = None  # None until the first connection attempt has an outcome
-        self._first_outcome = asyncio.Event()  # set once _online is no longer None
         self._counters: dict[str, int] = {}
         self._fault_code = 0
         self._emergency: bool | None = None  # None until first read
         self._door_open_since: float | None = None  # monotonic time the door was first seen open
         self._door_held = False  # door_held_open reported, door_closed not yet
         self._free_exit: bool | None = None  # the state asked for; None: never asked, never written
-        self._task: asyncio.Task | None = None
         self._relock_task: asyncio.Task | None = None
-
-    @property
-    def online(self) -> bool:
-        return self._online is True
 
     @property
     def free_exit(self) -> bool:
         """The free-exit state last asked for with set_free_exit (False if never asked)."""
         return self._free_exit is True
-
-    async def start(self) -> None:
-        """Start connecting and polling in the background."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"turnstile {self.device_id}")
-
-    async def stop(self) -> None:
-        """Stop polling, drop any pending relock and close the connection."""
-        tasks = [task for task in (self._relock_task, self._task) if task is not None]
-        self._task = self._relock_task = None
-        await asyncio.gather(*(_cancel_and_wait(task) for task in tasks))
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
     async def unlock(self) -> None:
         """Release the turnstile for one passage: one coil write, acknowledged by the controller.
@@ -212,68 +152,30 @@ class TurnstileDriver:
         point = self.profile.points.emergency_input
         if point is None:
             raise LookupError(f"profile {self.profile.model!r} has no emergency_input")
-        response = await self._command("emergency_input", lambda client: self._read_bits(client, point))
-        return bool(response.bits[0])
-
-    # -- connection and polling ------------------------------------------------------------
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._connect_and_poll()
-            except _LinkDown as exc:
-                self._mark_offline(str(exc))
-            except Exception as exc:  # a bug must not silently end the supervision of a gate
-                log.exception("%s: driver error", self.device_id)
-                self._mark_offline(f"driver error: {exc!r}")
-            await self._backoff.sleep()
-
-    async def _connect_and_poll(self) -> None:
-        client = AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            name=self.device_id,
-            timeout=self.profile.timeout_s,
-            retries=0,
-            reconnect_delay=0,
+        return await self._command(
+            "emergency_input",
+            lambda client: self._read_bit(client, f"read {point.table} {point.address}", point),
         )
-        try:
-            if not await client.connect():
-                raise _LinkDown(f"cannot connect to {self.host}:{self.port}")
-            self._client = client
-            status = await self._read_status(client)
-            # The last await before going online: a set_free_exit refused meanwhile (offline) is
-            # picked up by its loop, and once online set_free_exit writes for itself.
-            await self._assert_free_exit(client)
-            self._counters = {role: status[role] for role in ("passage_count", "forced_count")}
-            if not self._door_held:
-                self._door_open_since = None  # not watched during the outage: time it afresh
-            self._mark_online()
+
+    # -- polling ---------------------------------------------------------------------------
+
+    def _detach_tasks(self) -> list[asyncio.Task | None]:
+        """stop() also drops any pending relock."""
+        relock, self._relock_task = self._relock_task, None
+        return [relock, *super()._detach_tasks()]
+
+    async def _on_connect(self, client: AsyncModbusTcpClient, status: dict[str, int]) -> None:
+        # The last await before going online: a set_free_exit refused meanwhile (offline) is
+        # picked up by its loop, and once online set_free_exit writes for itself.
+        await self._assert_free_exit(client)
+        self._counters = {role: status[role] for role in ("passage_count", "forced_count")}
+        if not self._door_held:
+            self._door_open_since = None  # not watched during the outage: time it afresh
+
+    async def _apply(self, client: AsyncModbusTcpClient, status: dict[str, int], connected: bool) -> None:
+        if connected:  # the counters were baselined on this very read
             self._apply_levels(status)
-            interval_s = self.profile.timing.poll_interval_ms / 1000
-            while True:
-                await asyncio.sleep(interval_s)
-                self._apply(await self._read_status(client))
-        finally:
-            if self._client is client:
-                self._client = None
-            client.close()
-
-    async def _read_status(self, client: AsyncModbusTcpClient) -> dict[str, int]:
-        status: dict[str, int] = {}
-        for read in self._reads:
-            reader = getattr(client, _READERS[read.table])
-            count = len(read.roles)
-            response = await self._transact(
-                f"read {read.table} {read.address}",
-                partial(reader, read.address, count=count, device_id=self.profile.unit),
-            )
-            # bits come padded to a whole byte
-            values = response.bits[:count] if read.table in _BIT_TABLES else response.registers
-            status.update(zip(read.roles, map(int, values), strict=True))
-        return status
-
-    def _apply(self, status: dict[str, int]) -> None:
+            return
         passages = self._advance_counter("passage_count", status["passage_count"])
         if passages:
             self._cancel_relock()  # the controller relocks on passage
@@ -340,44 +242,13 @@ class TurnstileDriver:
 
     # -- commands --------------------------------------------------------------------------
 
-    async def _command(
-        self, what: str, send: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
-    ) -> ModbusPDU:
-        """Run one request on the live connection; any failure marks the device offline.
-
-        Right after start-up the first connection may still be under way: a command then waits
-        for it (at most the profile's timeout) rather than failing the first person at the gate.
-        """
-        if self._online is None and self._task is not None:
-            try:
-                await asyncio.wait_for(self._first_outcome.wait(), timeout=self.profile.timeout_s)
-            except TimeoutError:
-                pass
-        client = self._client
-        if client is None or not self.online:
-            raise DeviceOffline(f"{self.device_id}: offline, cannot {what}")
-        try:
-            return await send(client)
-        except _LinkDown as exc:
-            self._mark_offline(str(exc))
-            client.close()  # the polling task sees the closed connection and reconnects
-            raise DeviceOffline(f"{self.device_id}: {exc}") from None
-
     async def _write_unlock(self, client: AsyncModbusTcpClient, value: bool) -> ModbusPDU:
-        return await self._transact(
-            "unlock" if value else "relock",
-            partial(
-                client.write_coil, self.profile.points.unlock.address, value, device_id=self.profile.unit
-            ),
-        )
+        return await self._write_coil(client, "unlock" if value else "relock", self.profile.points.unlock, value)
 
     async def _write_free_exit(self, client: AsyncModbusTcpClient, active: bool) -> ModbusPDU:
         point = self.profile.points.free_exit
         assert point is not None
-        return await self._transact(
-            f"free exit {'on' if active else 'off'}",
-            partial(client.write_coil, point.address, active, device_id=self.profile.unit),
-        )
+        return await self._write_coil(client, f"free exit {'on' if active else 'off'}", point, active)
 
     async def _assert_free_exit(self, client: AsyncModbusTcpClient) -> None:
         """On (re)connection: write the free-exit state asked for, if any (again if it changes meanwhile)."""
@@ -386,13 +257,6 @@ class TurnstileDriver:
             written = self._free_exit
             await self._write_free_exit(client, written)
             log.info("%s: free exit %s written on connection", self.device_id, "on" if written else "off")
-
-    async def _read_bits(self, client: AsyncModbusTcpClient, point: Point) -> ModbusPDU:
-        reader = client.read_discrete_inputs if point.table == "discrete_input" else client.read_coils
-        return await self._transact(
-            f"read {point.table} {point.address}",
-            partial(reader, point.address, count=1, device_id=self.profile.unit),
-        )
 
     async def _relock_after_pulse(self) -> None:
         await asyncio.sleep(self.profile.timing.unlock_pulse_ms / 1000)
@@ -408,40 +272,3 @@ class TurnstileDriver:
         if self._relock_task is not None:
             self._relock_task.cancel()
             self._relock_task = None
-
-    async def _transact(self, what: str, request: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        """One Modbus request/response; raises _LinkDown with a short reason on any failure."""
-        try:
-            response = await request()  # pymodbus raises ConnectionException before sending if not connected
-        except ConnectionException:
-            raise _LinkDown(f"{what}: connection lost") from None
-        except ModbusIOException:
-            raise _LinkDown(f"{what}: no response within {self.profile.timeout_s:g} s") from None
-        except (ModbusException, OSError) as exc:
-            raise _LinkDown(f"{what}: {exc}") from None
-        if response.isError():
-            raise _LinkDown(f"{what}: device answered exception code {response.exception_code}")
-        return response
-
-    # -- state and events ------------------------------------------------------------------
-
-    def _mark_online(self) -> None:
-        self._backoff.reset()
-        self._first_outcome.set()
-        if self._online is not True:
-            self._online = True
-            log.info("%s: online at %s:%d", self.device_id, self.host, self.port)
-            self._emit("device_online", {})
-
-    def _mark_offline(self, reason: str) -> None:
-        self._first_outcome.set()
-        if self._online is not False:
-            self._online = False
-            log.warning("%s: offline: %s", self.device_id, reason)
-            self._emit("device_offline", {"error": reason})
-
-    def _emit(self, kind: str, attributes: dict[str, str]) -> None:
-        try:
-            self._on_event(kind, attributes)
-        except Exception:
-            log.exception("%s: on_event(%r) failed", self.device_id, kind)
