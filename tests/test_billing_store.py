@@ -418,3 +418,69 @@ def test_a_bank_statement_batch_applies_each_transfer_once_and_refuses_bad_lines
     assert again[0]["duplicate"] and again[3]["payment_id"] == first[3]["payment_id"]
     assert _count(db, tables.payments) == 2 and _acct(db, "1-1-102")["balance_fen"] == 0
     _ledger_ok(db)
+
+
+KILLABLE_RUN = """
+import sys
+from gatehouse.db import engine_for
+from services.billing import store
+store.run_all(engine_for("billing"), int(sys.argv[1]), chunk=50)
+"""
+
+
+def test_a_run_process_killed_with_sigkill_resumes_exactly(db, database):
+    """A real process billing a run is SIGKILLed mid-run (mid-transaction, likely); the run
+    continues from its committed cursor and every account ends with its lines exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.stack import ROOT
+    n = 6000
+    with db.begin() as conn:
+        store.upsert_accounts(conn, "s1", [dict(unit_id=f"8-{i}", building="8", floor="1", area_m2="61.25",
+                                                payer=f"P{i}") for i in range(n)])
+        r = store.start_run(conn, "s1", "2026-12")
+    env = {**os.environ, **database.env()}
+    if not database.url:
+        env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, str(r["run_id"])], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with db.connect() as conn:
+                if store.run(conn, r["run_id"])["done"] >= 500:
+                    break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    with db.connect() as conn:
+        half = store.run(conn, r["run_id"])
+    assert half["status"] == "running" and 0 < half["done"] < n + 3, half
+    done = store.run_all(db, r["run_id"], chunk=500)
+    assert done["status"] == "done" and done["invoices_created"] == n + 3
+    with db.connect() as conn:
+        dup = conn.execute(select(tables.lines.c.account_id).where(tables.lines.c.period == "2026-12")
+                           .group_by(tables.lines.c.account_id, tables.lines.c.fee_item_id)
+                           .having(func.count() > 1)).all()
+        per_account = conn.execute(select(func.count()).select_from(tables.lines)
+                                   .where(tables.lines.c.period == "2026-12")).scalar()
+        numbers = conn.execute(select(func.count(), func.max(tables.invoices.c.number_seq))).one()
+    assert dup == [] and per_account == 2 * (n + 3)
+    assert numbers[0] == numbers[1] == n + 3                     # numbered 1..N: no gaps after the kill
+    _ledger_ok(db)
+
+
+def test_a_quarterly_run_bills_three_months_and_never_overlaps_a_monthly_one(db):
+    with db.begin() as conn:
+        r = store.start_run(conn, "s1", "2027-Q1", "quarterly")
+    state = store.run_all(db, r["run_id"])
+    with db.connect() as conn:
+        inv = store.list_invoices(conn, "s1", period="2027-Q1")[0]
+    assert state["invoices_created"] == 3 and inv["total_fen"] == 3 * 22375 + 3 * 1000
+    assert inv["due_date"] == "2027-01-16"
+    with pytest.raises(store.InvalidInput, match="overlaps 2027-Q1"), db.begin() as conn:
+        store.start_run(conn, "s1", "2027-02", "monthly")

@@ -340,7 +340,12 @@ def start_run(conn, site_id, period, cycle="monthly", again=False) -> dict:
     """The run for (site, period, cycle): the unfinished one to resume, or a new one. `again`
     starts a fresh pass over a finished period (it finds nothing new to bill: the unique keys)."""
     _site_row(conn, site_id)
-    _rule(rules.parse_period, period, cycle)
+    months = set(_rule(rules.parse_period, period, cycle).month_keys())
+    for other_period, other_cycle in conn.execute(select(runs.c.period, runs.c.cycle).distinct().where(
+            runs.c.site_id == site_id, runs.c.cycle != cycle)):
+        if months & set(rules.parse_period(other_period, other_cycle).month_keys()):
+            raise InvalidInput(f"{period} ({cycle}) overlaps {other_period}, already billed {other_cycle} at "
+                               f"{site_id}: a month is billed by one cycle only")
     last = conn.execute(select(runs).where(runs.c.site_id == site_id, runs.c.period == period,
                                            runs.c.cycle == cycle).order_by(runs.c.attempt.desc())).mappings().first()
     if last is not None and (last["status"] == "running" or not again):
