@@ -138,6 +138,18 @@ def review(site_id):
 
 
 @patrol.command()
+@click.argument("scan_id")
+@click.argument("verdict", type=click.Choice(["accepted", "rejected"]))
+@click.option("--by", "reviewer", required=True, help="Who reviewed it.")
+@click.option("--note", default="")
+def verdict(scan_id, verdict, reviewer, note):
+    """A supervisor's verdict on a flagged scan (a rejected scan no longer counts for its round)."""
+    from gatehouse.cli import _print, _rpc
+    with _rpc() as rpc:
+        _print(rpc.patrol.review_scan(scan_id, reviewer, verdict, note))
+
+
+@patrol.command()
 @click.option("--site", "site_id", default="demo")
 @click.option("--days", type=int, default=7, help="The last this many days (until now).")
 @click.option("--by", type=click.Choice(["guard", "route"]), default="guard")

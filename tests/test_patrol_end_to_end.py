@@ -101,6 +101,13 @@ def test_handhelds_rounds_missed_detection_incidents_and_the_simulator(stack):
         assert reply.duplicate and reply.status == "open"
         walked = ok(stack, "GET", "/api/patrol/rounds/walk")
         assert walked["status"] == "complete" and walked["on_time"] is True and len(walked["scans"]) == 3
+        flagged = ok(stack, "GET", "/api/sites/s1/patrol/review")["flagged"]     # GPS fixes at the gate
+        assert sorted(s["checkpoint_id"] for s in flagged) == ["cp-garage", "cp-pump"]
+        assert all(s["flags"] == ["outside_radius"] for s in flagged)
+        verdict = ok(stack, "POST", f"/api/patrol/scans/{flagged[0]['scan_id']}/review",
+                     {"reviewer": "supervisor-chen", "verdict": "accepted", "note": "GPS poor in the garage"})
+        assert verdict["verdict"] == "accepted" and verdict["counted"]
+        assert len(ok(stack, "GET", "/api/sites/s1/patrol/review")["flagged"]) == 1
 
         # a round whose grace ends in a few seconds: patrol.round_missed follows within the timer interval
         grace_end = datetime.now(UTC) + timedelta(seconds=3)

@@ -341,3 +341,32 @@ def test_scans_made_in_time_but_synced_after_the_round_was_missed_reconcile_it(d
     assert [(p["previous_status"], p["status"], p["missed_checkpoints"]) for t, p in events[1:]] == [
         ("missed", "incomplete", ["cp-garage", "cp-pump"]), ("incomplete", "complete", [])]
     assert len(flagged) == 3 and all("synced_after_close" in s["flags"] for s in flagged)
+
+
+def test_a_supervisor_accepts_or_rejects_flagged_scans_and_a_rejection_counts(db):
+    now = _now()
+    closed = _plan(db, now - timedelta(minutes=50), round_id="closed")      # grace ended 10 minutes ago
+    open_ = _plan(db, now - timedelta(minutes=10), round_id="open")
+    answers = {}
+    for rid, t0 in ((closed, now - timedelta(minutes=50)), (open_, now - timedelta(minutes=10))):
+        answers[rid] = upload(db, [scan("04A1B2C3", t0 + timedelta(minutes=1), rid),
+                                   scan(_code(db), t0 + timedelta(minutes=1, seconds=5), rid, method="qr"),
+                                   scan("04A1B2C4", t0 + timedelta(minutes=5), rid)])
+        assert answers[rid]["results"][1].flags == ["too_fast"]
+    with db.begin() as conn:
+        assert store.round_detail(conn, closed)["status"] == store.round_detail(conn, open_)["status"] == "complete"
+        fast = [answers[r]["results"][1].scan_id for r in (closed, open_)]
+        assert {s["scan_id"] for s in store.review_scans(conn, "s1")["flagged"]} == set(fast)
+        store.review_scan(conn, fast[0], "supervisor-chen", "rejected", "5 s for 67 m: not walked", now=now)
+        store.review_scan(conn, fast[1], "supervisor-chen", "rejected", now=now)
+        with pytest.raises(store.InvalidInput, match="already rejected by supervisor-chen"):
+            store.review_scan(conn, fast[1], "supervisor-li", "accepted")
+        assert store.review_scans(conn, "s1")["flagged"] == []
+        after = {r: store.round_detail(conn, r) for r in (closed, open_)}
+        missed = [p for _, t, p in outbox.unpublished(conn, tables.outbox) if t == "round_missed"]
+    assert after[closed]["status"] == "incomplete" and after[closed]["result"]["missing"] == ["cp-garage"]
+    assert after[open_]["status"] == "in_progress" and after[open_]["on_time"] is None
+    assert [(p["round_id"], p["kind"], p["missed_checkpoints"]) for p in missed] == [
+        ("closed", "checkpoint", ["cp-garage"])]
+    rejected = next(s for s in after[closed]["scans"] if s["scan_id"] == fast[0])
+    assert rejected["verdict"] == "rejected" and rejected["reviewed_by"] == "supervisor-chen" and not rejected["counted"]

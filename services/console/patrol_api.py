@@ -112,6 +112,11 @@ class PatrolApi:
     def patrol_review(self, request, site_id):
         return answer(lambda: self.patrol.review(site_id, _int_arg(request, "limit", 200, 1, 1000)))
 
+    @http("POST", "/api/patrol/scans/<scan_id>/review")
+    def patrol_review_scan(self, request, scan_id):
+        """{reviewer, verdict: accepted|rejected, note?}: a rejected scan no longer counts for its round."""
+        return answer(lambda: self.patrol.review_scan(scan_id, **body(request, ("reviewer", "verdict"), ("note",))))
+
     @http("GET", "/api/patrol/scans/<scan_id>/photo")
     def patrol_scan_photo(self, request, scan_id):
         return _file(answer(lambda: {"b64": self.patrol.scan_photo_b64(scan_id)}), "b64", "image/jpeg")

@@ -134,12 +134,15 @@ _ROUND_MOVES = {
     ("incomplete", "synced_all"): "complete",
     ("missed", "synced_some"): "incomplete",
     ("incomplete", "synced_some"): "incomplete",
+    # a supervisor rejected a scan of a complete round: walking goes on, or it is incomplete
+    ("complete", "rejected_in_grace"): "in_progress",
+    ("complete", "rejected_after_grace"): "incomplete",
 }
 
 
 def round_next(status: str, event: str) -> str:
     """The round's status after `event` (scan, all_visited, grace_over, withdraw, synced_all,
-    synced_some); ValueError if the round cannot take it. A closed round never reopens for walking;
+    synced_some, rejected_in_grace, rejected_after_grace); ValueError if the round cannot take it. A closed round never reopens for walking;
     one closed as missed or incomplete is corrected when scans made in time arrive late."""
     try:
         return _ROUND_MOVES[(status, event)]

@@ -109,6 +109,10 @@ class PatrolService:
         return self._read(store.review_scans, site_id, limit)
 
     @rpc
+    def review_scan(self, scan_id, reviewer, verdict, note=""):
+        return self._write(store.review_scan, scan_id, reviewer, verdict, note)
+
+    @rpc
     def scan_photo_b64(self, scan_id):
         return base64.b64encode(self._read(store.scan_photo, scan_id)).decode()
 

@@ -562,11 +562,53 @@ def round_detail(conn, round_id: str) -> dict:
 
 def review_scans(conn, site_id: str, limit: int = 200) -> dict:
     """Scans a supervisor should look at (late, untrusted time, anomalies) and refused scans."""
-    flagged = conn.execute(select(scans).where(scans.c.site_id == site_id, scans.c.review.is_(True))
+    flagged = conn.execute(select(scans).where(scans.c.site_id == site_id, scans.c.review.is_(True),
+                                               scans.c.verdict.is_(None))
                            .order_by(scans.c.received_at.desc()).limit(limit)).mappings()
     refused = conn.execute(select(refused_scans).where(refused_scans.c.site_id == site_id)
                            .order_by(refused_scans.c.received_at.desc()).limit(limit)).mappings()
     return {"flagged": [_scan_out(s) for s in flagged], "refused": [_plain(r) for r in refused]}
+
+
+VERDICTS = ("accepted", "rejected")
+
+
+def review_scan(conn, scan_id: str, reviewer: str, verdict: str, note: str = "", now: datetime | None = None
+                ) -> dict:
+    """A supervisor's verdict on a flagged scan. A rejected scan no longer counts: its round is
+    evaluated again (a complete round goes back to in_progress within its grace, or becomes
+    incomplete after it, raising round_missed for the checkpoint now missing)."""
+    if verdict not in VERDICTS:
+        raise InvalidInput(f"verdict must be one of {', '.join(VERDICTS)}")
+    if not reviewer:
+        raise InvalidInput("reviewer is required")
+    row = _require(conn, scans, scans.c.scan_id, scan_id, "scan")
+    if row["verdict"] is not None:
+        raise InvalidInput(f"scan {scan_id} was already {row['verdict']} by {row['reviewed_by']}")
+    now = now or _now()
+    conn.execute(update(scans).where(scans.c.scan_id == scan_id).values(
+        verdict=verdict, reviewed_by=reviewer, reviewed_at=now, review_note=(note or "")[:500],
+        counted=row["counted"] and verdict == "accepted"))
+    if verdict == "rejected" and row["counted"] and row["round_id"]:
+        _after_rejection(conn, row["round_id"], now)
+    return _scan_out(conn.execute(select(scans).where(scans.c.scan_id == scan_id)).mappings().one())
+
+
+def _after_rejection(conn, round_id: str, now: datetime) -> None:
+    rnd = dict(conn.execute(select(rounds).where(rounds.c.round_id == round_id).with_for_update()).mappings().one())
+    cps = route_checkpoint_rows(conn, [rnd["route_id"]]).get(rnd["route_id"], [])
+    seq = {c["checkpoint_id"]: c["seq"] for c in cps}
+    result, started = _evaluate(conn, rnd, seq, bool(cps[0]["ordered"]) if cps else True)
+    values = dict(result=_result_json(result), started_at=started)
+    if rnd["status"] == "complete" and not result.all_visited:
+        in_grace = now < rnd["grace_until"]
+        values.update(status=rules.round_next("complete", "rejected_in_grace" if in_grace else "rejected_after_grace"),
+                      on_time=None if in_grace else False, closed_at=None if in_grace else rnd["closed_at"])
+    elif rnd["status"] == "complete":
+        values.update(on_time=result.on_time)
+    conn.execute(update(rounds).where(rounds.c.round_id == round_id).values(**values))
+    if values.get("status") == "incomplete":
+        _raise_missed(conn, {**rnd, **values}, "checkpoint", result.missing, cps, now)
 
 
 def scan_photo(conn, scan_id: str) -> bytes:
@@ -930,6 +972,30 @@ def _reconcile_round(conn, rnd: dict, seq: dict[str, int], ordered: bool, guard_
     rnd.update(values)
 
 
+def _raise_missed(conn, r: dict, kind: str, missing: list[str], cps: list[dict], now: datetime) -> dict | None:
+    """Queue `patrol.round_missed` for what was not raised before (one alert per round, kind and
+    checkpoint); returns the payload, or None when everything was raised already."""
+    keys = [""] if kind == "round" else missing
+    if not keys:
+        return None
+    raised = set(conn.execute(insert_ignore(conn, alerts).returning(alerts.c.checkpoint_id),
+                              [dict(round_id=r["round_id"], kind=kind, checkpoint_id=k, raised_at=now)
+                               for k in keys]).scalars())
+    if not raised:
+        return None
+    missed = missing if kind == "round" else [c for c in missing if c in raised]
+    cp_names = {c["checkpoint_id"]: c["name"] for c in cps}
+    route_name = r.get("route_name") or conn.execute(select(routes.c.name)
+                                                     .where(routes.c.route_id == r["route_id"])).scalar()
+    return outbox_queue(
+        conn, outbox, r["site_id"], "round_missed", round_id=r["round_id"], route_id=r["route_id"],
+        route_name=route_name, guard_id=r["walked_by"] or r["guard_id"],
+        assigned_to=r["guard_id"] or r["shift_id"], shift_id=r["shift_id"],
+        planned_start=r["planned_start"].isoformat(), due_by=r["grace_until"].isoformat(),
+        missed_checkpoints=missed, missed_checkpoint_names=[cp_names.get(c, c) for c in missed],
+        kind=kind, supervisor_role=SUPERVISOR_ROLE)
+
+
 def close_due_rounds(conn, now: datetime, limit: int = 500) -> list[dict]:
     """Close every open round whose grace has run out: missed (no scan) or incomplete, and raise
     `patrol.round_missed` once per round (kind "round") or per missed checkpoint (kind
@@ -953,22 +1019,10 @@ def close_due_rounds(conn, now: datetime, limit: int = 500) -> list[dict]:
             on_time=result.on_time if status == "complete" else False))
         if status == "complete":
             continue
-        kind = "round" if status == "missed" else "checkpoint"
-        keys = [""] if kind == "round" else result.missing
-        raised = set(conn.execute(insert_ignore(conn, alerts).returning(alerts.c.checkpoint_id),
-                                  [dict(round_id=r["round_id"], kind=kind, checkpoint_id=k, raised_at=now)
-                                   for k in keys]).scalars())
-        if not raised:
-            continue
-        missed = result.missing if kind == "round" else [c for c in result.missing if c in raised]
-        cp_names = {c["checkpoint_id"]: c["name"] for c in cps}
-        events.append(outbox_queue(
-            conn, outbox, r["site_id"], "round_missed", round_id=r["round_id"], route_id=r["route_id"],
-            route_name=names.get(r["route_id"]), guard_id=r["walked_by"] or r["guard_id"],
-            assigned_to=r["guard_id"] or r["shift_id"], shift_id=r["shift_id"],
-            planned_start=r["planned_start"].isoformat(), due_by=r["grace_until"].isoformat(),
-            missed_checkpoints=missed, missed_checkpoint_names=[cp_names.get(c, c) for c in missed],
-            kind=kind, supervisor_role=SUPERVISOR_ROLE))
+        event = _raise_missed(conn, {**r, "route_name": names.get(r["route_id"])},
+                              "round" if status == "missed" else "checkpoint", result.missing, cps, now)
+        if event:
+            events.append(event)
     return events
 
 

@@ -171,6 +171,10 @@ scans = Table(
     Column("counted", Boolean, nullable=False),               # counts towards its round
     Column("flags", String(200), nullable=False),             # comma-separated
     Column("review", Boolean, nullable=False),                # a supervisor should look at it
+    Column("verdict", String(8), nullable=True),              # the supervisor's: accepted, rejected
+    Column("reviewed_by", String(100), nullable=True),
+    Column("reviewed_at", UTCDateTime, nullable=True),
+    Column("review_note", String(500), nullable=True),
     Index("ix_scans_guard_time", "guard_id", "device_time"),
     Index("ix_scans_review", "site_id", "review"),
 )
