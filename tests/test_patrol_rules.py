@@ -229,3 +229,11 @@ def test_a_missed_round_is_corrected_when_scans_made_in_time_arrive_late():
     for closed in ("complete", "expired", "pending", "in_progress"):
         with pytest.raises(ValueError):
             rules.round_next(closed, "synced_all")
+
+
+def test_a_rejected_scan_reopens_a_complete_round_within_its_grace_only():
+    assert rules.round_next("complete", "rejected_in_grace") == "in_progress"
+    assert rules.round_next("complete", "rejected_after_grace") == "incomplete"
+    for other in ("pending", "in_progress", "missed", "incomplete", "expired"):
+        with pytest.raises(ValueError):
+            rules.round_next(other, "rejected_after_grace")
