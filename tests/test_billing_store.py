@@ -484,3 +484,25 @@ def test_a_quarterly_run_bills_three_months_and_never_overlaps_a_monthly_one(db)
     assert inv["due_date"] == "2027-01-16"
     with pytest.raises(store.InvalidInput, match="overlaps 2027-Q1"), db.begin() as conn:
         store.start_run(conn, "s1", "2027-02", "monthly")
+
+
+def test_an_online_payment_started_while_the_provider_is_down_is_reconciled_not_doubled(db, monkeypatch):
+    from tests.stack import free_port
+    _bill(db)
+    aid = _acct(db)["account_id"]
+    down = online.FakeProvider(f"http://127.0.0.1:{free_port()}", "s", timeout=1)
+    it = online.start_payment(db, down, "s1", "web-down", {"kind": "account", "account_id": aid}, "20.00")
+    assert it["status"] == "created" and "not reachable" in it["error"]
+    fake = FakeProviderServer(secret="s").start()
+    try:
+        monkeypatch.setenv("BILLING_NOTIFY_URL", "http://127.0.0.1:9/unused")
+        up = online.FakeProvider(fake.url, "s")
+        started = online.reconcile(db, up, older_than_s=0)
+        assert [i["status"] for i in started] == ["pending"] and len(fake.payments) == 1
+        again = online.start_payment(db, up, "s1", "web-down", {"kind": "account", "account_id": aid}, "20.00")
+        assert again["intent_id"] == it["intent_id"] and len(fake.payments) == 1   # asked, not charged twice
+        fake.complete(started[0]["provider_ref"], deliver=False)
+        assert online.reconcile(db, up, older_than_s=0)[0]["status"] == "succeeded"
+        assert _count(db, tables.payments) == 1 and _acct(db)["receivable_fen"] == 23375 - 2000
+    finally:
+        fake.stop()

@@ -14,6 +14,7 @@ import base64
 import logging
 from datetime import UTC, datetime
 
+import eventlet
 from eventlet.semaphore import Semaphore
 from nameko.events import EventDispatcher, event_handler
 from nameko.rpc import rpc
@@ -29,7 +30,8 @@ _relay_lock = Semaphore()
 _jobs_lock = Semaphore()
 RECONCILE_INTERVAL_S = 30.0
 RECONCILE_AFTER_S = 60.0        # an intent this old without a webhook is asked about
-JOBS_INTERVAL_S = 3600.0        # late fees and dunning: idempotent per day, so hourly is harmless
+JOBS_INTERVAL_S = 3600.0
+INGEST_RETRY_PAUSE_S = 1.0        # late fees and dunning: idempotent per day, so hourly is harmless
 
 
 class InvalidSignature(Exception):
@@ -272,14 +274,19 @@ class BillingService:
 
     # -- events ------------------------------------------------------------------------------
 
-    @event_handler("parking", "session_closed", requeue_on_error=False)
+    @event_handler("parking", "session_closed", requeue_on_error=True)
     def on_session_closed(self, payload):
-        """Record a closed parking session once (unique by session_id), whatever the redelivery."""
+        """Record a closed parking session once (unique by session_id), whatever the redelivery.
+        A malformed event is logged and dropped; a database failure requeues it (after a pause)."""
         try:
             result = self._once(store.record_parking_session, payload)
         except store.InvalidInput as exc:
             log.error("session_closed not usable: %s", exc, extra={"event_id": payload.get("event_id")})
             return
+        except Exception:
+            log.exception("could not record session_closed; will retry", extra={"event_id": payload.get("event_id")})
+            eventlet.sleep(INGEST_RETRY_PAUSE_S)
+            raise
         log.info("parking session recorded", extra={"event_id": payload.get("event_id"),
                                                      "session_id": result["session_id"], "outcome": result["outcome"],
                                                      "duplicate": result["duplicate"]})

@@ -1078,13 +1078,16 @@ def record_parking_session(conn, event: dict) -> dict:
     """parking.session_closed, once per session: what was paid at the lane is parking income;
     an unpaid remainder of a known household becomes a one-off charge on its account; any
     other unpaid remainder is recorded as uncollected (no income is booked for it)."""
-    session_id = event.get("session_id")
-    if not session_id:
-        raise InvalidInput("session_closed without a session_id")
+    session_id, site_id = event.get("session_id"), event.get("site_id")
+    if not session_id or not site_id:
+        raise InvalidInput("session_closed without a session_id or site_id")
+    for k in ("fee_fen", "paid_fen", "due_fen"):
+        v = event.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise InvalidInput(f"session_closed {session_id}: {k} must be a non-negative integer, got {v!r}")
     found = conn.execute(select(parking_fees).where(parking_fees.c.session_id == session_id)).mappings().first()
     if found:
         return {**_parking_out(found), "duplicate": True}
-    site_id = event["site_id"]
     currency = event.get("currency") or "CNY"
     paid = int(event.get("paid_fen") or 0)
     due = int(event.get("due_fen") or 0)
