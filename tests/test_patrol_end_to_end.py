@@ -27,9 +27,9 @@ def _ts(dt):
     return ts
 
 
-def _scan(round_id, method, tag, at):
+def _scan(round_id, method, tag, at, photo=b""):
     return pb.Scan(scan_id=str(uuid.uuid4()), round_id=round_id, method=method, tag=tag, device_time=_ts(at),
-                   has_location=True, latitude=31.8200, longitude=117.2200, accuracy_m=8)
+                   has_location=True, latitude=31.8200, longitude=117.2200, accuracy_m=8, photo=photo)
 
 
 def test_handhelds_rounds_missed_detection_incidents_and_the_simulator(stack):
@@ -77,7 +77,7 @@ def test_handhelds_rounds_missed_detection_incidents_and_the_simulator(stack):
         batch = pb.ScanBatch(batch_id=str(uuid.uuid4()), device_id="hh-1", device_sent_at=_ts(datetime.now(UTC)),
                              scans=[_scan("walk", "nfc", "04A1B2C3", now - timedelta(minutes=4)),
                                     _scan("walk", "qr", code, now - timedelta(minutes=3)),
-                                    _scan("walk", "nfc", "04A1B2C4", now - timedelta(minutes=2))])
+                                    _scan("walk", "nfc", "04A1B2C4", now - timedelta(minutes=2), JPEG)])
         replies = [hh.UploadScans(batch, metadata=g1, timeout=10) for _ in range(3)]
         assert [r.outcome for r in replies[0].results] == ["stored"] * 3
         assert [r.outcome for r in replies[2].results] == ["duplicate"] * 3
@@ -108,6 +108,7 @@ def test_handhelds_rounds_missed_detection_incidents_and_the_simulator(stack):
                      {"reviewer": "supervisor-chen", "verdict": "accepted", "note": "GPS poor in the garage"})
         assert verdict["verdict"] == "accepted" and verdict["counted"]
         assert len(ok(stack, "GET", "/api/sites/s1/patrol/review")["flagged"]) == 1
+        assert api_raw(stack, f"/api/patrol/scans/{batch.scans[2].scan_id}/photo") == JPEG
 
         # a round whose grace ends in a few seconds: patrol.round_missed follows within the timer interval
         grace_end = datetime.now(UTC) + timedelta(seconds=3)

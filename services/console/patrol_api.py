@@ -119,7 +119,10 @@ class PatrolApi:
 
     @http("GET", "/api/patrol/scans/<scan_id>/photo")
     def patrol_scan_photo(self, request, scan_id):
-        return _file(answer(lambda: {"b64": self.patrol.scan_photo_b64(scan_id)}), "b64", "image/jpeg")
+        def call():
+            photo = self.patrol.scan_photo_b64(scan_id)
+            return {"b64": photo["b64"], "type_mime": f"image/{photo['type']}"}
+        return _file(answer(call), "b64", "image/jpeg")
 
     # -- hazards ------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from nameko.timer import timer
 
 from gatehouse import outbox
 from gatehouse.nameko_deps import HEARTBEAT_INTERVAL_S, Database, Heartbeat
-from services.patrol import reports, store, tables
+from services.patrol import reports, rules, store, tables
 
 log = logging.getLogger("patrol")
 CLOSE_INTERVAL_S = 2.0
@@ -114,7 +114,8 @@ class PatrolService:
 
     @rpc
     def scan_photo_b64(self, scan_id):
-        return base64.b64encode(self._read(store.scan_photo, scan_id)).decode()
+        data = self._read(store.scan_photo, scan_id)
+        return {"b64": base64.b64encode(data).decode(), "type": rules.photo_kind(data)}
 
     # -- incidents ----------------------------------------------------------------------------------
 
