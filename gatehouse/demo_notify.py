@@ -12,6 +12,8 @@ RECIPIENTS = [
      "language": "zh-CN", "email": "liwei@demo.local", "phone": "+8613800000101"},
     {"recipient_id": "p-zhangmin", "site_id": SITE, "name": "Zhang Min", "kind": "resident", "unit_id": "1-1-102",
      "language": "en", "email": "zhangmin@demo.local", "quiet_start": "22:00", "quiet_end": "07:00"},
+    {"recipient_id": "p-chenhua", "site_id": SITE, "name": "陈华", "kind": "resident", "unit_id": "2-1-301",
+     "language": "zh-CN", "email": "chenhua@demo.local"},
     {"recipient_id": "p-wangfang", "site_id": SITE, "name": "王芳", "kind": "staff", "language": "zh-CN",
      "roles": ["security", "patrol_supervisor", "cashier"], "email": "wangfang@demo.local",
      "phone": "+8613800000201"},
@@ -26,8 +28,10 @@ def seed(rpc, now):
     """Yield one printable line per thing seeded."""
     result = rpc.notify.upsert_recipients(RECIPIENTS)
     console = f"http://{settings.console_address()}"
-    yield (f"  notify: {len(RECIPIENTS)} recipients ({result['created']} new): Li Wei and Zhang Min (residents), "
+    yield (f"  notify: {len(RECIPIENTS)} recipients ({result['created']} new): Li Wei, Zhang Min, Chen Hua (residents), "
            "Wang Fang (security, patrol supervisor, cashier), Zhao Lei (maintenance, webhook)")
+    if result.get("replayed"):
+        yield f"  notify: {result['replayed']} messages of events that came before the directory (bills, reminders)"
     yield "  notify: Zhang Min has quiet hours 22:00-07:00 (mail waits; a forced door would not)"
     yield f"  notify: inboxes at {console}/api/notify/inbox/p-wangfang  (and p-liwei, p-zhangmin, p-zhaolei)"
     yield (f"  notify: mail in {settings.var_dir() / 'mail'} (`gatehouse notify mail --body`), "

@@ -44,7 +44,7 @@ def test_redelivered_events_reach_each_recipient_once_and_dead_letters_are_retri
         wait_for(lambda: api(stack, "GET", "/api/notify/recipients")[0] == 200, timeout=30, interval=0.5,
                  what="the console reaching notify")
         made = ok(stack, "POST", "/api/notify/recipients", {"recipients": PEOPLE})
-        assert made == {"created": 3, "updated": 0, "warnings": []}
+        assert made == {"created": 3, "updated": 0, "warnings": [], "replayed": 0}
         code, error = api(stack, "POST", "/api/notify/recipients", {"recipient_id": "x", "site_id": "site1",
                                                                      "name": "X", "language": "fr", "unit_id": "u"})
         assert code == 400 and "language must be one of" in error["error"]

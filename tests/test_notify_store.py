@@ -38,7 +38,7 @@ def db(database, monkeypatch):
     engine = engine_for("notify")
     with engine.begin() as conn:
         result = store.upsert_recipients(conn, PEOPLE, T0)
-    assert result["created"] == 4 and result["warnings"] == ["p-anna: malformed email address 'anna@@broken'"]
+    assert result["created"] == 4 and result["replayed"] == 0 and result["warnings"] == ["p-anna: malformed email address 'anna@@broken'"]
     yield engine
     engine.dispose()
 
@@ -213,7 +213,31 @@ def test_inbox_read_marks_and_directory_errors(db):
         with pytest.raises(store.InvalidInput, match="language must be one of"):
             store.upsert_recipients(conn, [{**PEOPLE[0], "language": "fr"}], T0)
         updated = store.upsert_recipients(conn, [{**PEOPLE[1], "email": "anna@demo.local"}], T0)
-        assert updated == {"created": 0, "updated": 1, "warnings": []}
+        assert updated == {"created": 0, "updated": 1, "warnings": [], "replayed": 0}
         assert store.recipient(conn, "p-zhaolei")["roles"] == ["maintenance"]
         assert "webhook_secret" not in store.recipient(conn, "p-zhaolei")
         assert [r["recipient_id"] for r in store.list_recipients(conn, "s1", role="cashier")] == ["p-wangfang"]
+
+
+def test_events_that_found_nobody_reach_recipients_added_later_once(db):
+    visit = event(visitor_id="v1", pass_id="pass1", name="Sun Li", host_unit_id="2-1-301", host_person_id=None,
+                  purpose=None, gate_id="north-gate", arrived_at=T0.isoformat())
+    take(db, "access.visitor_arrived", visit)
+    awaited = event(lot_id="lot1", lane_id="out1", session_id="s1", plate="苏E12345", due_fen=700, currency="CNY")
+    with db.begin() as conn:
+        store.upsert_recipients(conn, [{**PEOPLE[2], "roles": ["security"]}], T0)      # nobody is cashier now
+    take(db, "parking.payment_awaited", awaited)
+    assert [m["recipient_id"] for m in msgs(db, event_id=awaited["event_id"])] == ["role:cashier"]
+    later = T0 + timedelta(minutes=5)
+    newcomer = {"recipient_id": "p-chen", "site_id": "s1", "name": "Chen", "kind": "resident", "unit_id": "2-1-301",
+                "language": "en", "email": "chen@demo.local"}
+    with db.begin() as conn:
+        added = store.upsert_recipients(conn, [newcomer, PEOPLE[2]], later, CFG)
+        again = store.upsert_recipients(conn, [newcomer, PEOPLE[2]], later, CFG)
+    assert added["replayed"] == 2 + 2 and again["replayed"] == 0    # inbox and email each (no SMS for parking)
+    assert sorted((m["recipient_id"], m["channel"]) for m in msgs(db, event_id=visit["event_id"])) == [
+        ("p-chen", "email"), ("p-chen", "inbox"), ("unit:2-1-301", "none")]
+    with db.begin() as conn:                                             # past the window: no replay
+        late = store.upsert_recipients(conn, [{**newcomer, "recipient_id": "p-chen2"}],
+                                       T0 + timedelta(days=2), CFG)
+    assert late["replayed"] == 0

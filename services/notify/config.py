@@ -32,6 +32,7 @@ class Config:
     poll_s: float = 0.5
     batch: int = 500
     lease_s: float = 120.0          # a claimed message not settled by then is claimed again (a crash)
+    replay_window_s: float = 86400.0   # events that found nobody are replayed to recipients added this soon after
     digest_hour: int = 8            # low-priority items go out in one digest a day at this local hour
 
 
@@ -44,7 +45,7 @@ ENV = {
     "max_attempts": "NOTIFY_MAX_ATTEMPTS", "channel_pause_max_s": "NOTIFY_CHANNEL_PAUSE_MAX_S",
     "max_wait_s": "NOTIFY_MAX_WAIT_S",
     "poll_s": "NOTIFY_POLL_S", "batch": "NOTIFY_BATCH", "lease_s": "NOTIFY_LEASE_S",
-    "digest_hour": "NOTIFY_DIGEST_HOUR",
+    "digest_hour": "NOTIFY_DIGEST_HOUR", "replay_window_s": "NOTIFY_REPLAY_WINDOW_S",
 }
 
 

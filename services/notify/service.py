@@ -103,7 +103,7 @@ class NotifyService:
 
     @rpc
     def upsert_recipients(self, recipients):
-        return self._write(store.upsert_recipients, recipients, _now())
+        return self._write(store.upsert_recipients, recipients, _now(), self.cfg)
 
     @rpc
     def recipient(self, recipient_id):

@@ -90,8 +90,9 @@ def _check_recipient(item: dict, where: str) -> tuple[dict, list[str]]:
     return row, warnings
 
 
-def upsert_recipients(conn, items: list[dict], now: datetime) -> dict:
-    """Create or replace recipients (all or none); returns counts and address warnings."""
+def upsert_recipients(conn, items: list[dict], now: datetime, cfg: Config | None = None) -> dict:
+    """Create or replace recipients (all or none); returns counts, address warnings, and how many
+    messages of recent events that had found nobody were written for them (see replay)."""
     if not isinstance(items, list) or not items:
         raise InvalidInput("give a non-empty list of recipients")
     checked, warnings, seen = [], [], set()
@@ -115,7 +116,44 @@ def upsert_recipients(conn, items: list[dict], now: datetime) -> dict:
     if changed:
         conn.execute(update(recipients).where(recipients.c.recipient_id == bindparam("b_recipient_id"))
                      .values({k: bindparam(f"b_{k}") for k in (*RECIPIENT_FIELDS[1:], "updated_at")}), changed)
-    return {"created": len(new), "updated": len(changed), "warnings": warnings}
+    replayed = replay_for_recipients(conn, checked, now, cfg or Config())
+    return {"created": len(new), "updated": len(changed), "warnings": warnings, "replayed": replayed}
+
+
+def replay_for_recipients(conn, people: list[dict], now: datetime, cfg: Config) -> int:
+    """Events of the last `replay_window_s` that found nobody (an unknown person, a unit without
+    residents, a role nobody held) are fanned out again once the directory has someone for them:
+    a directory filled after the events (a new resident, a late sync) still hears of them.
+    Those already served are not written twice (the unique key); returns messages written."""
+    since = now - timedelta(seconds=cfg.replay_window_s)
+    misses = conn.execute(select(messages.c.event_id, messages.c.recipient_id, messages.c.site_id).where(
+        messages.c.channel == "none", messages.c.status == "failed", messages.c.created_at >= since)).all()
+    if not misses:
+        return 0
+    active = [p for p in people if p.get("active", True)]
+    persons = {p["recipient_id"] for p in active}
+    units = {(p["site_id"], p["unit_id"]) for p in active if p["kind"] == "resident" and p["unit_id"]}
+    roles = {(p["site_id"], r) for p in active if p["kind"] == "staff" for r in p["roles"].split(",") if r}
+    events = set()
+    for event_id, who, site_id in misses:
+        if who.startswith("unit:"):
+            hit = (site_id, who.removeprefix("unit:")) in units
+        elif who.startswith("role:"):
+            hit = any((site_id, r) in roles for r in who.removeprefix("role:").split("+"))
+        else:
+            hit = who in persons
+        if hit:
+            events.add(event_id)
+    written = 0
+    for event_id in sorted(events):
+        row = conn.execute(select(consumed_events.c.event_type, consumed_events.c.payload)
+                           .where(consumed_events.c.event_id == event_id)).first()
+        if row is None or not row.payload:
+            continue
+        rows = [r for r in fan_out(conn, row.event_type, json.loads(row.payload), cfg, now) if r["channel"] != "none"]
+        if rows:
+            written += len(conn.execute(insert_ignore(conn, messages).returning(messages.c.message_id), rows).all())
+    return written
 
 
 def _recipient_dict(row) -> dict:
@@ -294,7 +332,8 @@ def take_event(conn, event_type: str, payload: dict, cfg: Config, now: datetime)
         raise InvalidInput(f"{event_type}: an event needs event_id and site_id")
     event_id = str(payload["event_id"])
     taken = conn.execute(insert_ignore(conn, consumed_events).values(
-        event_id=event_id, event_type=event_type, site_id=payload["site_id"], received_at=now, messages=0, duplicates=0)
+        event_id=event_id, event_type=event_type, site_id=payload["site_id"], received_at=now, messages=0, duplicates=0,
+        payload=json.dumps(payload, ensure_ascii=False, default=str))
         .returning(consumed_events.c.event_id)).first()
     if taken is None:
         conn.execute(update(consumed_events).where(consumed_events.c.event_id == event_id)

@@ -61,6 +61,9 @@ consumed_events = Table(
     Column("received_at", UTCDateTime, nullable=False),
     Column("messages", Integer, nullable=False),
     Column("duplicates", Integer, nullable=False),           # how often it arrived again (redeliveries)
+    # the event itself, kept while it may still need replaying to recipients added late
+    Column("payload", Text, nullable=True),
+    Index("ix_consumed_events_received", "received_at"),
 )
 
 # the outbox of messages: one per (event, recipient, channel), enforced by the database
