@@ -850,9 +850,10 @@ def ingest_batch(conn, guard_row: dict, batch: dict, received_at: datetime, keys
             if r["scan_id"] not in stored:      # the same scan committed meanwhile by a concurrent upload
                 results[r["scan_id"]] = Outcome(r["scan_id"], "duplicate", round_id=r["round_id"] or "",
                                                 checkpoint_id=r["checkpoint_id"])
+    by_id = {s.get("scan_id") or "": s for s in items}
     for sid, res in results.items():
-        if res.outcome == "refused" and sid in {s["scan_id"] for s in new}:
-            s = next(x for x in new if x["scan_id"] == sid)
+        if res.outcome == "refused" and sid:
+            s = by_id[sid]
             refused_rows.append(dict(scan_id=sid, site_id=site_id, guard_id=guard_id,
                                      device_id=batch.get("device_id") or "", reason=res.reason,
                                      detail=res.detail[:300], method=(s.get("method") or "")[:3],
