@@ -28,14 +28,15 @@ def billing():
 @click.option("--cycle", default="monthly", type=click.Choice(["monthly", "quarterly", "yearly"]), show_default=True)
 @click.option("--again", is_flag=True, help="A fresh pass over a finished period (bills only what is missing).")
 @click.option("--chunk", default=2000, show_default=True, help="Accounts a transaction.")
-def run(site, period, cycle, again, chunk):
+@click.option("--draft", is_flag=True, help="Leave the invoices as drafts for review (then `billing issue`).")
+def run(site, period, cycle, again, chunk, draft):
     """Bill every account of a site for a period, with a progress bar. Killed half way? Run the
     same command again: it continues from the last committed chunk, and no line is billed twice."""
     from tqdm import tqdm
 
     from gatehouse.cli import _rpc
     with _rpc() as rpc:
-        state = rpc.billing.start_run(site, period, cycle, again)
+        state = rpc.billing.start_run(site, period, cycle, again, not draft)
         if state["done"]:
             click.echo(f"resuming run {state['run_id']} at {state['done']} of {state['total']} accounts", err=True)
         with tqdm(total=state["total"], initial=state["done"], unit="acct", file=sys.stderr,
@@ -45,6 +46,23 @@ def run(site, period, cycle, again, chunk):
                 bar.update(state["done"] - bar.n)
     click.echo(f"run {state['run_id']} (attempt {state['attempt']}): {state['invoices_created']} invoices, "
                f"{state['lines_created']} lines created; {state['done']} accounts visited")
+
+
+@billing.command("issue")
+@click.option("--site", required=True)
+@click.option("--period", required=True)
+def issue(site, period):
+    """Issue a period's draft invoices (numbers, journal, invoice_issued events), with a progress bar."""
+    from tqdm import tqdm
+
+    from gatehouse.cli import _rpc
+    with _rpc() as rpc:
+        step = rpc.billing.issue_drafts(site, period, 0)
+        with tqdm(total=step["left"], unit="inv", file=sys.stderr, desc=f"issuing {site} {period}") as bar:
+            while step["left"]:
+                step = rpc.billing.issue_drafts(site, period, 500)
+                bar.update(step["issued"])
+    click.echo(f"{bar.n} invoices issued")
 
 
 @billing.command("accounts")

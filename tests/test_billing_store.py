@@ -506,3 +506,23 @@ def test_an_online_payment_started_while_the_provider_is_down_is_reconciled_not_
         assert _count(db, tables.payments) == 1 and _acct(db)["receivable_fen"] == 23375 - 2000
     finally:
         fake.stop()
+
+
+def test_a_draft_run_is_reviewed_then_issued(db):
+    with db.begin() as conn:
+        r = store.start_run(conn, "s1", "2026-10", issue=False)
+    store.run_all(db, r["run_id"])
+    with db.connect() as conn:
+        drafts = store.list_invoices(conn, "s1", period="2026-10")
+        assert {i["status"] for i in drafts} == {"draft"} and all(i["number"] is None for i in drafts)
+        assert store.arrears(conn, "s1", "2027-01-01")["site"]["total"] == 0
+    assert _count(db, tables.journal) == 0
+    with db.begin() as conn:
+        store.void_invoice(conn, drafts[1]["invoice_id"], "unit empty, billed by mistake")
+        first = store.issue_drafts(conn, "s1", "2026-10", limit=1)
+        rest = store.issue_drafts(conn, "s1", "2026-10")
+        issued = store.list_invoices(conn, "s1", period="2026-10")
+    assert first == {"site_id": "s1", "period": "2026-10", "issued": 1, "left": 1} and rest["left"] == 0
+    assert [i["status"] for i in issued] == ["issued", "void", "issued"]
+    assert [i["number"] for i in issued] == ["s1-INV0000001", None, "s1-INV0000002"]
+    _ledger_ok(db)

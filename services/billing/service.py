@@ -90,8 +90,12 @@ class BillingService:
     # -- runs and invoices -------------------------------------------------------------------
 
     @rpc
-    def start_run(self, site_id, period, cycle="monthly", again=False):
-        return self._write(store.start_run, site_id, period, cycle, again)
+    def start_run(self, site_id, period, cycle="monthly", again=False, issue=True):
+        return self._write(store.start_run, site_id, period, cycle, again, issue)
+
+    @rpc
+    def issue_drafts(self, site_id, period, limit=500):
+        return self._write(store.issue_drafts, site_id, period, limit)
 
     @rpc
     def run_step(self, run_id, chunks=1, chunk=store.CHUNK):

@@ -336,9 +336,10 @@ def prepaid(account_id) -> str:
 
 # -- billing runs -------------------------------------------------------------------------------
 
-def start_run(conn, site_id, period, cycle="monthly", again=False) -> dict:
+def start_run(conn, site_id, period, cycle="monthly", again=False, issue=True) -> dict:
     """The run for (site, period, cycle): the unfinished one to resume, or a new one. `again`
-    starts a fresh pass over a finished period (it finds nothing new to bill: the unique keys)."""
+    starts a fresh pass over a finished period (it finds nothing new to bill: the unique keys).
+    issue=False leaves the invoices as drafts for review (issue_drafts issues them later)."""
     _site_row(conn, site_id)
     months = set(_rule(rules.parse_period, period, cycle).month_keys())
     for other_period, other_cycle in conn.execute(select(runs.c.period, runs.c.cycle).distinct().where(
@@ -353,7 +354,8 @@ def start_run(conn, site_id, period, cycle="monthly", again=False) -> dict:
     total = conn.execute(select(func.count()).select_from(accounts).where(accounts.c.site_id == site_id)).scalar()
     at = now()
     conn.execute(insert(runs).values(site_id=site_id, period=period, cycle=cycle,
-                                     attempt=(last["attempt"] + 1) if last else 1, status="running", total=total,
+                                     attempt=(last["attempt"] + 1) if last else 1, status="running",
+                                     issue=bool(issue), total=total,
                                      done=0, cursor=0, invoices_created=0, lines_created=0, started_at=at,
                                      updated_at=at))
     return _run_out(conn.execute(select(runs).where(runs.c.site_id == site_id, runs.c.period == period,
@@ -433,16 +435,18 @@ def run_chunk(conn, run_id, chunk=CHUNK) -> dict:
     seq = first_seq
     for account_id, (a, planned_lines) in planned.items():
         new_invoices.append(dict(site_id=r.site_id, account_id=account_id, period=r.period, kind="cycle",
-                                 status="issued", number_seq=seq, number=number("invoice", r.site_id, seq),
+                                 status="issued" if r.issue else "draft", number_seq=seq if r.issue else None,
+                                 number=number("invoice", r.site_id, seq) if r.issue else None,
                                  currency=a.currency, total_fen=sum(x[2] for x in planned_lines), paid_fen=0,
                                  credited_fen=0, late_fee_fen=0, late_paid_fen=0, late_accrued_micro=0,
                                  period_start=period.start, due_date=due, run_id=run_id, created_at=at,
-                                 issued_at=at))
+                                 issued_at=at if r.issue else None))
         seq += 1
     created_lines = 0
     if new_invoices:
-        conn.execute(update(counters).where(counters.c.site_id == r.site_id, counters.c.kind == "invoice")
-                     .values(value=first_seq - 1 + len(new_invoices)))
+        if r.issue:
+            conn.execute(update(counters).where(counters.c.site_id == r.site_id, counters.c.kind == "invoice")
+                         .values(value=first_seq - 1 + len(new_invoices)))
         conn.execute(insert(invoices), new_invoices)
         ids = dict(conn.execute(select(invoices.c.account_id, invoices.c.invoice_id).where(
             invoices.c.run_id == run_id, invoices.c.period == r.period, invoices.c.account_id > lo,
@@ -471,6 +475,7 @@ def run_chunk(conn, run_id, chunk=CHUNK) -> dict:
         if created_lines != len(line_rows):
             # an invoice is new only if its lines are: anything else is a bug worth a rollback
             raise RuntimeError(f"{len(line_rows) - created_lines} lines already existed for new invoices")
+    if new_invoices and r.issue:
         conn.execute(insert(journal), entries)
         conn.execute(insert(outbox), events)
         total_by_invoice = (select(invoices.c.total_fen).where(invoices.c.account_id == accounts.c.account_id,
@@ -601,6 +606,21 @@ def charge(conn, account_id, code, amount=None, description=None, idempotency_ke
     if not issue:
         return {**invoice(conn, inv_id), "duplicate": False}
     return {**_issue_one(conn, inv_id, at), "duplicate": False}
+
+
+def issue_drafts(conn, site_id, period, limit=500) -> dict:
+    """Issue up to `limit` draft invoices of a period (oldest first): numbers, journal, balances,
+    prepaid draws, invoice_issued events. Call again until `left` is 0."""
+    _site_row(conn, site_id)
+    ids = list(conn.execute(select(invoices.c.invoice_id).where(
+        invoices.c.site_id == site_id, invoices.c.period == period, invoices.c.status == "draft")
+        .order_by(invoices.c.invoice_id).limit(limit)).scalars())
+    at = now()
+    for inv_id in ids:
+        _issue_one(conn, inv_id, at)
+    left = conn.execute(select(func.count()).select_from(invoices).where(
+        invoices.c.site_id == site_id, invoices.c.period == period, invoices.c.status == "draft")).scalar()
+    return {"site_id": site_id, "period": period, "issued": len(ids), "left": left}
 
 
 def issue_invoice(conn, invoice_id) -> dict:

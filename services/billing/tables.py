@@ -104,6 +104,7 @@ runs = Table(
     Column("cycle", String(10), nullable=False),
     Column("attempt", Integer, nullable=False),              # a deliberate re-run of a finished period
     Column("status", String(10), nullable=False),            # running, done
+    Column("issue", Boolean, nullable=False, server_default="1"),  # False: leave drafts for review
     Column("total", Integer, nullable=False),                # accounts to visit
     Column("done", Integer, nullable=False),                 # accounts visited (committed)
     Column("cursor", BigInteger, nullable=False),            # last account_id committed

@@ -114,7 +114,14 @@ class BillingApi:
 
     @http("POST", "/api/billing/runs")
     def billing_start_run(self, request):
-        return answer(lambda: self.billing.start_run(**body(request, ("site_id", "period"), ("cycle", "again"))), 201)
+        return answer(lambda: self.billing.start_run(**body(request, ("site_id", "period"),
+                                                            ("cycle", "again", "issue"))), 201)
+
+    @http("POST", "/api/billing/sites/<site_id>/periods/<period>/issue")
+    def billing_issue_drafts(self, request, site_id, period):
+        """Issue the next drafts of a period (after review); call again until `left` is 0."""
+        return answer(lambda: self.billing.issue_drafts(site_id, period, **body(request, (), ("limit",))),
+                      timeout=RUN_STEP_TIMEOUT_S)
 
     @http("POST", "/api/billing/runs/<int:run_id>/step")
     def billing_run_step(self, request, run_id):
