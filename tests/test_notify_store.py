@@ -235,8 +235,9 @@ def test_events_that_found_nobody_reach_recipients_added_later_once(db):
         added = store.upsert_recipients(conn, [newcomer, PEOPLE[2]], later, CFG)
         again = store.upsert_recipients(conn, [newcomer, PEOPLE[2]], later, CFG)
     assert added["replayed"] == 2 + 2 and again["replayed"] == 0    # inbox and email each (no SMS for parking)
-    assert sorted((m["recipient_id"], m["channel"]) for m in msgs(db, event_id=visit["event_id"])) == [
-        ("p-chen", "email"), ("p-chen", "inbox"), ("unit:2-1-301", "none")]
+    assert sorted((m["recipient_id"], m["channel"], m["status"]) for m in msgs(db, event_id=visit["event_id"])) == [
+        ("p-chen", "email", "queued"), ("p-chen", "inbox", "delivered"), ("unit:2-1-301", "none", "replayed")]
+    assert "replayed at" in msgs(db, status="replayed")[0]["last_error"]
     with db.begin() as conn:                                             # past the window: no replay
         late = store.upsert_recipients(conn, [{**newcomer, "recipient_id": "p-chen2"}],
                                        T0 + timedelta(days=2), CFG)

@@ -25,7 +25,7 @@ __all__ = ["InvalidInput", "NotFound"]
 RECIPIENT_FIELDS = ("recipient_id", "site_id", "name", "kind", "unit_id", "roles", "language", "timezone", "email",
                     "phone", "webhook_url", "webhook_secret", "quiet_start", "quiet_end", "active")
 DEFAULT_TZ = "Asia/Shanghai"
-VISIBLE = ("queued", "sending", "sent", "delivered", "failed", "dead", "held", "digested")
+VISIBLE = ("queued", "sending", "sent", "delivered", "failed", "dead", "held", "digested", "replayed")
 
 
 def _iso(value):
@@ -134,7 +134,7 @@ def replay_for_recipients(conn, people: list[dict], now: datetime, cfg: Config) 
     persons = {p["recipient_id"] for p in active}
     units = {(p["site_id"], p["unit_id"]) for p in active if p["kind"] == "resident" and p["unit_id"]}
     roles = {(p["site_id"], r) for p in active if p["kind"] == "staff" for r in p["roles"].split(",") if r}
-    events = set()
+    events: dict[str, list[str]] = defaultdict(list)
     for event_id, who, site_id in misses:
         if who.startswith("unit:"):
             hit = (site_id, who.removeprefix("unit:")) in units
@@ -143,7 +143,7 @@ def replay_for_recipients(conn, people: list[dict], now: datetime, cfg: Config) 
         else:
             hit = who in persons
         if hit:
-            events.add(event_id)
+            events[event_id].append(who)
     written = 0
     for event_id in sorted(events):
         row = conn.execute(select(consumed_events.c.event_type, consumed_events.c.payload)
@@ -151,8 +151,15 @@ def replay_for_recipients(conn, people: list[dict], now: datetime, cfg: Config) 
         if row is None or not row.payload:
             continue
         rows = [r for r in fan_out(conn, row.event_type, json.loads(row.payload), cfg, now) if r["channel"] != "none"]
-        if rows:
-            written += len(conn.execute(insert_ignore(conn, messages).returning(messages.c.message_id), rows).all())
+        n = len(conn.execute(insert_ignore(conn, messages).returning(messages.c.message_id), rows).all()) \
+            if rows else 0
+        if n:
+            # the miss is resolved: say so on it, so the failed list shows only what still needs a hand
+            conn.execute(update(messages).where(messages.c.event_id == event_id, messages.c.channel == "none",
+                                                messages.c.recipient_id.in_(events[event_id]))
+                         .values(status="replayed", last_error=messages.c.last_error + f"; replayed at "
+                                 f"{now.isoformat(timespec='seconds')} to recipients added since"))
+        written += n
     return written
 
 

@@ -84,7 +84,8 @@ messages = Table(
     Column("data", Text, nullable=True),                      # the event's payload (JSON), for webhooks
     # queued -> sending -> sent (provider accepted) / delivered (recipient has it), or
     # failed (permanent: bad address, template, unknown recipient) or dead (retries exhausted);
-    # held: a low-priority item waiting for the digest, then digested
+    # held: a low-priority item waiting for the digest, then digested; replayed: a miss (channel
+    # "none") resolved when the directory gained someone for it
     Column("status", String(10), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_at", UTCDateTime, nullable=True),    # due time; while sending: end of the lease
