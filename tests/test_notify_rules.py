@@ -128,7 +128,7 @@ EXAMPLES = {
                                 outstanding_fen=100000, currency="CNY", oldest_due_date="2026-10-15"),
     "parking.payment_awaited": dict(lot_id="l", lane_id="out1", session_id="s", plate="苏E12345", due_fen=700,
                                     currency="CNY"),
-    "notify.digest": dict(items=[{"subject": "a", "created_at": "2026-11-27T02:00:00+00:00"}]),
+    "notify.digest": dict(daily=True, items=[{"subject": "a", "created_at": "2026-11-27T02:00:00+00:00"}]),
 }
 
 

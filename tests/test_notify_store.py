@@ -145,7 +145,7 @@ def test_critical_alarms_bypass_quiet_hours_and_others_wait_or_go_to_the_digest(
         assert store.release_digests(conn, digest_at, CFG) == 2        # Zhao Lei's mail, Wang Fang's mail
     [digest] = [m for m in msgs(db, recipient_id="p-zhaolei", channel="email", status="queued")
                 if m["event_type"] == "notify.digest"]
-    assert digest["event_type"] == "notify.digest" and digest["subject"] == "Gatehouse digest: 2 item(s)"
+    assert digest["event_type"] == "notify.digest" and digest["subject"] == "Gatehouse daily digest: 2 item(s)"
     assert len(msgs(db, recipient_id="p-zhaolei", status="digested")) == 2
 
 
@@ -242,3 +242,23 @@ def test_events_that_found_nobody_reach_recipients_added_later_once(db):
         late = store.upsert_recipients(conn, [{**newcomer, "recipient_id": "p-chen2"}],
                                        T0 + timedelta(days=2), CFG)
     assert late["replayed"] == 0
+
+
+def test_an_alarm_storm_sends_five_then_one_summary_and_the_inbox_keeps_every_alarm(db):
+    with db.begin() as conn:
+        store.upsert_recipients(conn, [{**PEOPLE[2], "phone": "+8613800000003"}], T0)   # quiet hours all day
+    for i in range(8):
+        take(db, "access.alarm_raised", event(alarm_id=i, kind="door_forced", gate_id="garage", device_id="t2",
+                                              state="raised", raised_at=T0.isoformat(), details={}),
+             at=T0 + timedelta(seconds=i))
+    sms = sorted(msgs(db, recipient_id="p-wangfang", channel="sms"), key=lambda m: m["created_at"])
+    assert [m["status"] for m in sms] == ["queued"] * 5 + ["held"] * 3
+    assert len(msgs(db, recipient_id="p-wangfang", channel="inbox")) == 8
+    end = T0 + timedelta(seconds=5 + CFG.storm_window_s)
+    with db.begin() as conn:
+        assert store.release_digests(conn, end - timedelta(seconds=1), CFG) == 0
+        assert store.release_digests(conn, end, CFG) == 2                            # sms and email
+    [summary] = [m for m in msgs(db, recipient_id="p-wangfang", channel="sms") if m["event_type"] == "notify.digest"]
+    assert summary["priority"] == "critical" and summary["status"] == "queued"
+    assert summary["next_attempt_at"] == end.isoformat()                              # despite her quiet hours
+    assert summary["subject"] == "Gatehouse：另有 3 条同类提醒（汇总）"

@@ -33,6 +33,10 @@ class Config:
     batch: int = 500
     lease_s: float = 120.0          # a claimed message not settled by then is claimed again (a crash)
     replay_window_s: float = 86400.0   # events that found nobody are replayed to recipients added this soon after
+    # a storm (many messages of one event type to one person): past storm_limit in storm_window_s,
+    # further email/SMS of that type are held and go out as one summary at the window's end
+    storm_limit: int = 5
+    storm_window_s: float = 600.0
     digest_hour: int = 8            # low-priority items go out in one digest a day at this local hour
 
 
@@ -45,6 +49,7 @@ ENV = {
     "max_attempts": "NOTIFY_MAX_ATTEMPTS", "channel_pause_max_s": "NOTIFY_CHANNEL_PAUSE_MAX_S",
     "max_wait_s": "NOTIFY_MAX_WAIT_S",
     "poll_s": "NOTIFY_POLL_S", "batch": "NOTIFY_BATCH", "lease_s": "NOTIFY_LEASE_S",
+    "storm_limit": "NOTIFY_STORM_LIMIT", "storm_window_s": "NOTIFY_STORM_WINDOW_S",
     "digest_hour": "NOTIFY_DIGEST_HOUR", "replay_window_s": "NOTIFY_REPLAY_WINDOW_S",
 }
 

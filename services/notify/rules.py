@@ -175,6 +175,16 @@ def due_at(now: datetime, channel: str, priority: str, recipient: dict, digest_h
     return "queued", now
 
 
+STORM_CHANNELS = {"email", "sms"}
+
+
+def storm_hold(channel: str, status: str, recent: int, limit: int) -> bool:
+    """Whether a message that would go out now is held for a storm summary instead: the recipient
+    already got `recent` >= limit messages of this event type on this channel in the window.
+    The inbox keeps every item; nothing is dropped, only gathered."""
+    return channel in STORM_CHANNELS and status == "queued" and limit > 0 and recent >= limit
+
+
 def retry_delay(attempts: int, base_s: float, factor: float, max_s: float) -> float:
     """Seconds before try number attempts+1, after `attempts` (>= 1) failed tries."""
     exponent = max(0, attempts - 1)

@@ -308,6 +308,7 @@ def fan_out(conn, event_type: str, payload: dict, cfg: Config, now: datetime) ->
     rows = [_row(event_type, payload, who, "none", route.category, route.priority, "en", now, last_error=why)
             for who, why in problems]
     prefs = _prefs(conn, [p["recipient_id"] for p in people])
+    recent = _recent(conn, event_type, [p["recipient_id"] for p in people], now - timedelta(seconds=cfg.storm_window_s))
     for person in people:
         rid = person["recipient_id"]
         try:
@@ -323,12 +324,26 @@ def fan_out(conn, event_type: str, payload: dict, cfg: Config, now: datetime) ->
                                  person["language"], now, last_error=why, **common))
                 continue
             status, when = rules.due_at(now, channel, route.priority, person, cfg.digest_hour)
+            if rules.storm_hold(channel, status, recent.get((rid, channel), 0), cfg.storm_limit):
+                status, when = "held", now + timedelta(seconds=cfg.storm_window_s)
             rows.append(_row(event_type, payload, rid, channel, route.category, route.priority, person["language"],
                              now, status=status, next_attempt_at=None if status == "delivered" else when,
                              delivered_at=now if status == "delivered" else None,
                              data=json.dumps(payload, ensure_ascii=False, default=str) if channel == "webhook" else None,
                              **common))
     return rows
+
+
+def _recent(conn, event_type: str, recipient_ids: list[str], since: datetime) -> dict[tuple[str, str], int]:
+    """Messages of this event type per (recipient, storm channel) created since `since`."""
+    out: dict[tuple[str, str], int] = {}
+    for chunk in range(0, len(recipient_ids), 500):
+        rows = conn.execute(select(messages.c.recipient_id, messages.c.channel, func.count()).where(
+            messages.c.recipient_id.in_(recipient_ids[chunk:chunk + 500]), messages.c.event_type == event_type,
+            messages.c.channel.in_(sorted(rules.STORM_CHANNELS)), messages.c.created_at >= since,
+            messages.c.status != "failed").group_by(messages.c.recipient_id, messages.c.channel)).all()
+        out.update({(r, c): n for r, c, n in rows})
+    return out
 
 
 def take_event(conn, event_type: str, payload: dict, cfg: Config, now: datetime) -> dict:
@@ -460,15 +475,22 @@ def delivery_report(conn, message_id: str, status: str, answer: str | None, now:
 # -- digests ---------------------------------------------------------------------------------------
 
 def release_digests(conn, now: datetime, cfg: Config) -> int:
-    """Gather held low-priority items whose digest time has come into one message per recipient
-    and channel; returns how many digests were written."""
-    q = (select(messages).where(messages.c.status == "held", messages.c.next_attempt_at <= now)
+    """Gather held items (low priority for the daily digest, or a storm's overflow) into one
+    message per recipient and channel once any of them is due; returns how many were written."""
+    due = set(conn.execute(select(messages.c.recipient_id, messages.c.channel).where(
+        messages.c.status == "held", messages.c.next_attempt_at <= now).distinct()).all())
+    if not due:
+        return 0
+    # everything held for a due (recipient, channel) goes in its one summary, due or not yet
+    q = (select(messages).where(messages.c.status == "held",
+                                messages.c.recipient_id.in_(sorted({r for r, _ in due})))
          .order_by(messages.c.recipient_id, messages.c.channel, messages.c.created_at))
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in conn.execute(q).mappings():
-        groups[(row["recipient_id"], row["channel"])].append(dict(row))
+        if (row["recipient_id"], row["channel"]) in due:
+            groups[(row["recipient_id"], row["channel"])].append(dict(row))
     written = 0
     for (rid, channel), items in groups.items():
         person = conn.execute(select(recipients).where(recipients.c.recipient_id == rid)).mappings().first()
@@ -480,14 +502,17 @@ def release_digests(conn, now: datetime, cfg: Config) -> int:
         else:
             person = dict(person)
             ctx = {"recipient_name": person["name"], "tz": person["timezone"],
+                   "daily": all(i["priority"] == "low" for i in items),
                    "items": [{"subject": i["subject"], "created_at": i["created_at"]} for i in items]}
             try:
                 subject, body = templates.render("notify.digest", person["language"], ctx)
                 why = rules.address_problem(channel, person)
             except templates.TemplateProblem as exc:
                 subject, body, why = "", "", str(exc)
-            status, when = rules.due_at(now, channel, "normal", person, cfg.digest_hour)
-            row = _row("notify.digest", payload, rid, channel, "digest", "normal", person["language"], now,
+            # a summary of a storm of critical alarms is itself critical (no quiet hours for it)
+            priority = "critical" if any(i["priority"] == "critical" for i in items) else "normal"
+            status, when = rules.due_at(now, channel, priority, person, cfg.digest_hour)
+            row = _row("notify.digest", payload, rid, channel, "digest", priority, person["language"], now,
                        subject=subject, body=body, address=rules.address_of(channel, person),
                        **({"last_error": why} if why else {"status": status, "next_attempt_at": when}))
         conn.execute(insert_ignore(conn, messages).values(**row))
