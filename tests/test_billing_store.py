@@ -526,3 +526,26 @@ def test_a_draft_run_is_reviewed_then_issued(db):
     assert [i["status"] for i in issued] == ["issued", "void", "issued"]
     assert [i["number"] for i in issued] == ["s1-INV0000001", None, "s1-INV0000002"]
     _ledger_ok(db)
+
+
+def test_a_mistaken_payment_is_reversed_once_and_the_books_stay_right(db):
+    _bill(db, "2026-09")
+    _bill(db, "2026-10")
+    aid = _acct(db)["account_id"]
+    with db.begin() as conn:
+        wrong = store.pay(conn, aid, "typo", "cash", "500.00")           # meant 50.00
+        assert wrong["prepaid_fen"] == 50000 - 2 * 23375
+        undone = store.reverse_payment(conn, wrong["payment_id"], "typed 500 for 50", "desk")
+        twice = store.reverse_payment(conn, wrong["payment_id"], "again", "desk")
+        statuses = [i["status"] for i in store.list_invoices(conn, "s1", account_id=aid)]
+        r = store.receipt(conn, wrong["receipt_number"])
+    assert undone["reversed_at"] and twice["reversed_at"] == undone["reversed_at"]
+    assert statuses == ["issued", "issued"] and _acct(db)["balance_fen"] == 2 * 23375
+    assert "REVERSED" in documents.receipt_html(r)
+    _ledger_ok(db)
+    with db.begin() as conn:                                             # prepaid credit used since: refused
+        p = store.pay(conn, aid, "over", "cash", "500.00")
+    _bill(db, "2026-11")
+    with pytest.raises(store.InvalidInput, match="has been used"), db.begin() as conn:
+        store.reverse_payment(conn, p["payment_id"], "late change of mind")
+    _ledger_ok(db)

@@ -27,6 +27,7 @@ RECEIPT_HTML = _env.from_string("""<!doctype html>
 </style></head><body>
 <h1>{{ r.site_name }}</h1>
 <h2>收据 Receipt {{ r.receipt_number }}</h2>
+{% if r.reversed_at %}<p><strong>REVERSED 已冲正: {{ r.reversal_reason }}</strong></p>{% endif %}
 <p>Payer 缴款人: <strong>{{ r.payer }}</strong>{% if r.unit_id %} &middot; Unit 房号 {{ r.unit_id }}{% endif %}<br>
 Received 收款时间: {{ received }} &middot; Method 方式: {{ r.method }}{% if r.reference %}
  &middot; Ref {{ r.reference }}{% endif %}</p>
@@ -67,7 +68,7 @@ def receipt_pdf(r: dict, timezone: str = "Asia/Shanghai") -> bytes:
 
     text(r["site_name"], 16)
     y -= 24
-    text(f"收据 Receipt {r['receipt_number']}", 12)
+    text(f"收据 Receipt {r['receipt_number']}" + ("   REVERSED 已冲正" if r.get("reversed_at") else ""), 12)
     y -= 20
     text(f"Payer 缴款人: {r['payer']}" + (f"   Unit 房号: {r['unit_id']}" if r.get("unit_id") else ""))
     y -= 14

@@ -147,6 +147,10 @@ class BillingService:
                           reference, amount_fen)
 
     @rpc
+    def reverse_payment(self, payment_id, reason, operator="staff"):
+        return self._write(store.reverse_payment, payment_id, reason, operator)
+
+    @rpc
     def pay_batch(self, items):
         """A bank statement's transfers: [{account_id, idempotency_key, method, amount|amount_fen, ...}]."""
         if not isinstance(items, list) or len(items) > 20000:

@@ -718,6 +718,7 @@ def _draw_prepaid(conn, account_id, at) -> int:
 def _payment_out(row, duplicate=False) -> dict:
     d = dict(row)
     d["received_at"] = d["received_at"].isoformat()
+    d["reversed_at"] = d["reversed_at"].isoformat() if d.get("reversed_at") else None
     d["receipt_path"] = f"/api/billing/receipts/{d['receipt_number']}.html"
     d["duplicate"] = duplicate
     return d
@@ -784,6 +785,51 @@ def pay_once(engine, fn, *args, **kwargs):
     except IntegrityError:
         with engine.begin() as conn:
             return fn(conn, *args, **kwargs)
+
+
+def reverse_payment(conn, payment_id, reason, operator="staff") -> dict:
+    """Put a mistaken payment right (冲正): its allocations are undone, its prepaid remainder taken
+    back, the journal reversed; the payment stays on record, marked reversed. Refused when its
+    prepaid credit has been used since, or a credit note has moved what it paid. Repeating is a no-op."""
+    if not reason:
+        raise InvalidInput("a reason is required to reverse a payment")
+    p = require(conn, payments, payments.c.payment_id, payment_id, "payment")
+    if p.account_id is None:
+        raise InvalidInput("a parking session's online payment is reversed by a refund at the provider, not here")
+    acct = conn.execute(ACCOUNT_FOR_UPDATE, {"aid": p.account_id}).mappings().one()
+    p = require(conn, payments, payments.c.payment_id, payment_id, "payment")     # re-read under the lock
+    if p.reversed_at is not None:
+        return payment(conn, payment_id)
+    if acct["prepaid_fen"] < p.prepaid_fen:
+        raise InvalidInput(f"the {rules.yuan(p.prepaid_fen)} this payment left as prepaid credit has been used "
+                           f"since (credit now {rules.yuan(acct['prepaid_fen'])}); credit-note or refund instead")
+    allocs = conn.execute(select(allocations.c.invoice_id, allocations.c.component,
+                                 func.sum(allocations.c.amount_fen)).where(
+        allocations.c.source.in_(("payment", "reversal")), allocations.c.source_id == payment_id)
+        .group_by(allocations.c.invoice_id, allocations.c.component)).all()
+    at = now()
+    back = defaultdict(lambda: [0, 0])
+    for inv_id, component, amount in allocs:
+        back[inv_id][0 if component == "principal" else 1] += int(amount)
+    for inv_id, (principal, late) in back.items():
+        inv = conn.execute(select(invoices).where(invoices.c.invoice_id == inv_id)).mappings().one()
+        if inv["paid_fen"] < principal or inv["late_paid_fen"] < late:
+            raise InvalidInput(f"invoice {inv['number']} was changed by a credit note since this payment; "
+                               f"correct it with a credit note and a refund instead")
+        status = rules.invoice_status(inv["total_fen"], inv["paid_fen"] - principal, inv["credited_fen"],
+                                      inv["late_fee_fen"], inv["late_paid_fen"] - late)
+        conn.execute(INVOICE_PAID, {"iid": inv_id, "principal": -principal, "late": -late, "new_status": status})
+        for component, amount in (("principal", principal), ("late_fee", late)):
+            if amount:
+                conn.execute(INSERT_ALLOCATIONS, dict(source="reversal", source_id=payment_id, invoice_id=inv_id,
+                                                      component=component, amount_fen=-amount, at=at))
+    post(conn, p.site_id, "reversal", payment_id, [(receivable(p.account_id), p.method, p.allocated_fen),
+                                                   (prepaid(p.account_id), p.method, p.prepaid_fen)], p.currency, at)
+    conn.execute(ACCOUNT_BALANCES, {"aid": p.account_id, "d_receivable": p.allocated_fen,
+                                    "d_prepaid": -p.prepaid_fen})
+    conn.execute(update(payments).where(payments.c.payment_id == payment_id).values(
+        reversed_at=at, reversal_reason=f"{reason} ({operator})"))
+    return payment(conn, payment_id)
 
 
 def pay_batch(engine, items: list[dict], batch: int = 500) -> list[dict]:
@@ -1314,12 +1360,12 @@ def export_rows(conn, site_id, kind, as_of=None) -> tuple[list[str], list[list]]
         return head, rows
     if kind == "payments":
         head = ["receipt", "received_at (UTC)", "unit", "payer", "method", "amount", "to invoices", "to prepaid",
-                "reference", "currency"]
+                "reference", "currency", "reversed"]
         q = (select(payments, accounts.c.unit_id).outerjoin(accounts, accounts.c.account_id == payments.c.account_id)
              .where(payments.c.site_id == site_id).order_by(payments.c.receipt_seq))
         rows = [[r["receipt_number"], r["received_at"].replace(tzinfo=None), r["unit_id"] or r["target"], r["payer"],
                  r["method"], r["amount_fen"] / 100, r["allocated_fen"] / 100, r["prepaid_fen"] / 100, r["reference"],
-                 r["currency"]] for r in conn.execute(q).mappings()]
+                 r["currency"], r["reversal_reason"] or ""] for r in conn.execute(q).mappings()]
         return head, rows
     if kind == "arrears":
         report = arrears(conn, site_id, as_of or now().date(), limit=10**9)

@@ -176,6 +176,8 @@ payments = Table(
     Column("receipt_seq", BigInteger, nullable=False),
     Column("receipt_number", String(80), nullable=False, unique=True),
     Column("received_at", UTCDateTime, nullable=False),
+    Column("reversed_at", UTCDateTime, nullable=True),        # a counter mistake put right (冲正)
+    Column("reversal_reason", String(300), nullable=True),
     UniqueConstraint("idempotency_key", name="uq_payments_key"),
     UniqueConstraint("site_id", "receipt_seq", name="uq_payments_site_receipt"),
     Index("ix_payments_account", "account_id"),

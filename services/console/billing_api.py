@@ -189,6 +189,11 @@ class BillingApi:
             return self.billing.pay_batch([{**r, "method": "bank", "operator": "bank-import"} for r in rows])
         return answer(call, 201, timeout=120)
 
+    @http("POST", "/api/billing/payments/<payment_id>/reverse")
+    def billing_reverse(self, request, payment_id):
+        """Put a counter mistake right (冲正): allocations undone, journal reversed, payment kept, marked."""
+        return answer(lambda: self.billing.reverse_payment(payment_id, **body(request, ("reason",), ("operator",))))
+
     @http("GET", "/api/billing/payments/<payment_id>")
     def billing_payment(self, request, payment_id):
         return answer(lambda: self.billing.payment(payment_id))
