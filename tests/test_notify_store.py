@@ -262,3 +262,20 @@ def test_an_alarm_storm_sends_five_then_one_summary_and_the_inbox_keeps_every_al
     assert summary["priority"] == "critical" and summary["status"] == "queued"
     assert summary["next_attempt_at"] == end.isoformat()                              # despite her quiet hours
     assert summary["subject"] == "Gatehouse：另有 3 条同类提醒（汇总）"
+
+
+def test_a_provider_delivery_receipt_marks_a_sent_sms_delivered(db):
+    visit = event(visitor_id="v1", pass_id="p1", name="Sun Li", host_unit_id="1-1-101", host_person_id="p-liwei",
+                  purpose=None, gate_id="north-gate", arrived_at=T0.isoformat())
+    take(db, "access.visitor_arrived", visit)
+    with db.begin() as conn:
+        [sms] = store.claim(conn, "sms", T0, 10, 60)
+        with pytest.raises(store.InvalidInput, match="only a sent message"):
+            store.delivery_report(conn, sms["message_id"], "delivered", "DELIVRD", T0)
+        store.settle(conn, [{"message_id": sms["message_id"], "attempts": 0, "outcome": "sent",
+                             "answer": "200 accepted"}], T0, CFG)
+        done = store.delivery_report(conn, sms["message_id"], "delivered", "DELIVRD", T0 + timedelta(seconds=9))
+        with pytest.raises(store.InvalidInput, match="delivered or failed"):
+            store.delivery_report(conn, sms["message_id"], "read", None, T0)
+    assert done["status"] == "delivered" and done["delivered_at"] == (T0 + timedelta(seconds=9)).isoformat()
+    assert [a["outcome"] for a in done["attempt_log"]] == ["sent", "delivered"]
