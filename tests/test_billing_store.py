@@ -549,3 +549,17 @@ def test_a_mistaken_payment_is_reversed_once_and_the_books_stay_right(db):
     with pytest.raises(store.InvalidInput, match="has been used"), db.begin() as conn:
         store.reverse_payment(conn, p["payment_id"], "late change of mind")
     _ledger_ok(db)
+
+
+def test_credit_on_a_paid_invoice_pays_the_next_open_one(db):
+    _bill(db, "2026-09")
+    aid = _acct(db)["account_id"]
+    with db.begin() as conn:
+        store.pay(conn, aid, "sep", "cash", amount_fen=23375)
+    _bill(db, "2026-10")
+    with db.begin() as conn:
+        sep, oct_ = store.list_invoices(conn, "s1", account_id=aid)
+        store.credit_note(conn, sep["invoice_id"], "cn-sep", "rubbish fee not due", amount_fen=1000)
+        oct_after = store.invoice(conn, oct_["invoice_id"])
+    assert oct_after["paid_fen"] == 1000 and oct_after["status"] == "partly_paid" and _acct(db)["prepaid_fen"] == 0
+    _ledger_ok(db)

@@ -914,6 +914,8 @@ def credit_note(conn, invoice_id, idempotency_key, reason, amount=None, amount_f
          inv.currency, at)
     conn.execute(update(accounts).where(accounts.c.account_id == inv.account_id).values(
         receivable_fen=accounts.c.receivable_fen - to_invoice, prepaid_fen=accounts.c.prepaid_fen + to_prepaid))
+    if to_prepaid:
+        _draw_prepaid(conn, inv.account_id, at)      # credit pays other open debts first, like any prepaid
     row = conn.execute(select(credit_notes).where(credit_notes.c.idempotency_key == key)).mappings().one()
     return {**dict(row), "at": row["at"].isoformat(), "duplicate": False}
 
