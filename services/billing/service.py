@@ -156,7 +156,7 @@ class BillingService:
         if not isinstance(items, list) or len(items) > 20000:
             raise store.InvalidInput("items must be a list of at most 20,000 payments")
         result = store.pay_batch(self.db, items)
-        self.relay()
+        self._relay_soon()
         return result
 
     @rpc
@@ -184,7 +184,7 @@ class BillingService:
             return online.start_payment(self.db, online.FakeProvider(), site_id, idempotency_key, target, amount,
                                         amount_fen, currency, payer)
         finally:
-            self.relay()
+            self._relay_soon()
 
     @rpc
     def online_payment(self, intent_id):
@@ -198,7 +198,7 @@ class BillingService:
             result = online.handle_webhook(self.db, online.FakeProvider(), base64.b64decode(body_b64), headers)
         except online.InvalidSignature as exc:
             raise InvalidSignature(str(exc)) from None
-        self.relay()
+        self._relay_soon()
         return result
 
     @timer(interval=RECONCILE_INTERVAL_S)
@@ -206,14 +206,14 @@ class BillingService:
         """Online payments without a result: ask the provider (never charge again)."""
         try:
             if online.reconcile(self.db, online.FakeProvider(), RECONCILE_AFTER_S):
-                self.relay()
+                self._relay_soon()
         except Exception:
             log.exception("reconcile failed; will try again")
 
     @rpc
     def reconcile_now(self, older_than_s=0):
         done = online.reconcile(self.db, online.FakeProvider(), older_than_s)
-        self.relay()
+        self._relay_soon()
         return done
 
     # -- jobs and reports --------------------------------------------------------------------
@@ -242,7 +242,7 @@ class BillingService:
                         store.run_dunning(conn, site_id, today)
                 except Exception:
                     log.exception("daily billing jobs failed", extra={"site_id": site_id})
-        self.relay()
+        self._relay_soon()
 
     @rpc
     def arrears(self, site_id, as_of, limit=500):
@@ -304,6 +304,12 @@ class BillingService:
         """Publish committed events that are not on the bus yet (after a crash too)."""
         outbox.relay(self.db, tables.outbox, self.dispatch, _relay_lock)
 
+    def _relay_soon(self):
+        # after a write: publish now, unless a relay is already running (after a 100k-invoice run it
+        # may take a while); it, or the next tick, takes our events, and the caller is not kept waiting
+        if not _relay_lock.locked():
+            self.relay()
+
     @timer(interval=HEARTBEAT_INTERVAL_S)
     def heartbeat(self):
         self.dispatch("heartbeat", {"service": self.name, "at": datetime.now(UTC).isoformat(), **self.heartbeat_info})
@@ -315,11 +321,11 @@ class BillingService:
     def _write(self, fn, *args, **kwargs):
         with self.db.begin() as conn:
             result = fn(conn, *args, **kwargs)
-        self.relay()
+        self._relay_soon()
         return result
 
     def _once(self, fn, *args, **kwargs):
         """A write keyed by an idempotency key: a concurrent twin that committed first answers."""
         result = store.pay_once(self.db, fn, *args, **kwargs)
-        self.relay()
+        self._relay_soon()
         return result
