@@ -93,7 +93,11 @@ def set_site(conn, site_id, name, currency="CNY", timezone="Asia/Shanghai", roun
                   late_fee_grace_days=late_fee_grace_days,
                   late_fee_cap_ppm=_rule(rules.parse_ppm, late_fee_cap, "late_fee_cap"),
                   due_days=due_days, dunning_days=json.dumps(sorted(days)))
-    if conn.execute(select(sites.c.site_id).where(sites.c.site_id == site_id)).first():
+    current = conn.execute(select(sites.c.currency).where(sites.c.site_id == site_id)).first()
+    if current:
+        if current.currency != currency and conn.execute(select(accounts.c.account_id).where(
+                accounts.c.site_id == site_id).limit(1)).first():
+            raise InvalidInput(f"site {site_id!r} has accounts in {current.currency}; its currency cannot change")
         conn.execute(update(sites).where(sites.c.site_id == site_id).values(**values))
     else:
         conn.execute(insert(sites).values(site_id=site_id, **values))
