@@ -121,6 +121,9 @@ def test_redelivered_events_reach_each_recipient_once_and_dead_letters_are_retri
         assert code == 400 and "only dead or failed" in error["error"]
         with stack.rpc() as rpc:
             assert sum(rpc.notify.status()["messages"]["inbox"].values()) == 4
+            states = {c["channel"]: c for c in rpc.notify.status()["channels"]}
+        assert states["worker"]["detail"] == f"pid {stack.procs['notify-deliver'].pid}"
+        assert states["email"]["state"] == states["sms"]["state"] == "up"
         wait_for(lambda: ok(stack, "GET", "/api/health")["services"]["notify"]["state"] == "up", timeout=10,
                  what="notify's heartbeat on the console's health board")
     finally:

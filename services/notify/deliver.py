@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 import time
@@ -159,11 +160,19 @@ class Deliverer:
                 self.stop.wait(self.cfg.poll_s)
 
     def _housekeeping(self) -> None:
-        while not self.stop.wait(30.0):
+        rounds = 0
+        while True:
             try:
-                self.digests()
+                # the worker's own sign of life, listed with the channels in `notify status`
+                with self.engine.begin() as conn:
+                    store.set_channel_state(conn, "worker", "up", f"pid {os.getpid()}", self.clock())
+                if rounds % 6 == 0:
+                    self.digests()
             except Exception:
-                log.exception("digest round failed; trying again")
+                log.exception("housekeeping round failed; trying again")
+            rounds += 1
+            if self.stop.wait(5.0):
+                return
 
     def start(self, names=SEND_CHANNELS) -> None:
         for name in names:
