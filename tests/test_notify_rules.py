@@ -159,3 +159,26 @@ def test_templates_show_money_in_yuan_and_times_in_the_site_zone():
     assert "planned for 2026-11-27 10:00 was not completed by 2026-11-27 11:00" in body and "cp1, cp2" in body
     with pytest.raises(templates.TemplateProblem, match="no template"):
         templates.render("nothing.here", "en", ctx)
+
+
+def test_the_import_command_reads_csv_with_roles_and_sends_one_bulk_upsert(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import gatehouse.cli
+    from gatehouse.cli_notify import notify
+    sent = []
+    monkeypatch.setattr(gatehouse.cli, "_console", lambda method, path, body=None, **kw: sent.append(
+        (method, path, body)) or {"created": 2})
+    path = tmp_path / "people.csv"
+    path.write_text("recipient_id,site_id,name,kind,unit_id,roles,language,email,active\n"
+                    "p-a,s1,李伟,resident,1-1-101,,zh-CN,a@x.cn,\n"
+                    "p-b,s1,Bo,staff,,security;cashier,en,,no\n", encoding="utf-8")
+    result = CliRunner().invoke(notify, ["import", str(path)])
+    assert result.exit_code == 0, result.output
+    [(method, url, body)] = sent
+    assert (method, url) == ("POST", "/api/notify/recipients")
+    assert body["recipients"] == [
+        {"recipient_id": "p-a", "site_id": "s1", "name": "李伟", "kind": "resident", "unit_id": "1-1-101",
+         "language": "zh-CN", "email": "a@x.cn"},
+        {"recipient_id": "p-b", "site_id": "s1", "name": "Bo", "kind": "staff", "roles": ["security", "cashier"],
+         "language": "en", "active": False}]
