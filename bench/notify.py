@@ -79,7 +79,7 @@ def _smtp_10k(stack, progress=print) -> dict:
     # baseline: the same mails (bytes built up front) on one raw smtplib connection
     sample = {"address": "x@bench.local", "subject": "2026-11 账单 INV-2026-11-0001：123.45 元",
               "body": "尊敬的Resident：\n\n房屋 1-1-101 的 2026-11 账单金额 123.45 元，请于 2026-12-15 前缴纳。\n",
-              "event_type": "billing.invoice_issued", "event_id": "e"}
+              "event_type": "billing.invoice_issued", "event_id": "e", "recipient_id": "r", "language": "zh-CN"}
     from services.notify.channels import SmtpChannel
     builder = SmtpChannel(cfg)
     mails = [(f"r{i:05d}@bench.local", builder._mail({**sample, "message_id": str(uuid.uuid4())})) for i in range(N)]

@@ -183,7 +183,10 @@ def test_webhooks_are_signed_and_a_bad_address_fails_only_its_message(db, server
     assert rows[("bad", "webhook")]["status"] == "failed" and rows[("bad", "webhook")]["last_error"].startswith("401")
     assert rows[("bad", "email")]["status"] == "failed" and "malformed email" in rows[("bad", "email")]["last_error"]
     assert rows[("zl", "email")]["status"] == "sent"
-    assert [m["rcpt"] for m in smtp.store.parsed()] == [["zl@demo.local"]]
+    [mail] = smtp.store.parsed()
+    assert mail["rcpt"] == ["zl@demo.local"] and mail["subject"] == "Device fault at north (s1)"
+    assert mail["body"].endswith("-- \nGatehouse notifications. Choose what reaches you, and how: "
+                                 "http://console.test/api/notify/recipients/zl/preferences\n")
 
 
 def test_a_provider_failing_every_message_costs_three_attempts_a_round_not_one_per_message(db, servers):

@@ -52,6 +52,10 @@ class Channel:
 
 # -- email -------------------------------------------------------------------------------------------
 
+FOOTER = {"en": "Gatehouse notifications. Choose what reaches you, and how: {url}\n",
+          "zh-CN": "Gatehouse 消息通知。设置接收哪些通知及方式：{url}\n"}
+
+
 class SmtpChannel(Channel):
     """SMTP with one connection kept open between messages (the 10,000-mail figure depends on it);
     reconnects once if the server dropped it, and says ChannelDown when it cannot connect."""
@@ -91,7 +95,10 @@ class SmtpChannel(Channel):
             "Content-Type: text/plain; charset=utf-8",
             "Content-Transfer-Encoding: base64",
         ]
-        body = base64.encodebytes(message["body"].encode()).replace(b"\n", b"\r\n")
+        settings_url = f"{self.cfg.console_url.rstrip('/')}/api/notify/recipients/{message['recipient_id']}/preferences"
+        footer = FOOTER.get(message.get("language"), FOOTER["en"]).format(url=settings_url)
+        body = base64.encodebytes((message["body"].rstrip("\n") + "\n\n-- \n" + footer).encode()).replace(
+            b"\n", b"\r\n")
         return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
 
     def send(self, message: dict) -> str:
