@@ -83,6 +83,6 @@ def seed(rpc):
                                     None, "p-liwei", None, False, ["north-gate"], 4)
     yield from seed_parking(rpc, now)
     from gatehouse import demo_billing, demo_notify, demo_patrol
-    for area in (demo_billing, demo_patrol, demo_notify):
+    for area in (demo_notify, demo_billing, demo_patrol):   # recipients first: they hear the rest
         yield from area.seed(rpc, now)
     yield f"  visitor pass for Sun Li (host 1-1-101, north-gate, 4 passages, 8 h): {visit['code']}"
