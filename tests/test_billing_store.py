@@ -168,6 +168,57 @@ def test_the_same_payment_submitted_twice_at_once_is_applied_once(db):
     _ledger_ok(db)
 
 
+def test_payments_to_one_account_from_many_connections_at_once_are_all_applied_exactly(db):
+    """Six counters take six different payments of one household at the same moment, each through
+    its own connection: each is allocated after the one before it committed (the account row lock),
+    so nothing is paid twice, the allocations add up to the fen, and the receipts have no gaps."""
+    _bill(db, "2026-09")
+    _bill(db, "2026-10")
+    aid = _acct(db)["account_id"]                       # two invoices of 233.75
+    amounts = [10000, 12345, 7000, 9999, 3001, 20000]   # 623.45 in all: both invoices and 155.95 prepaid
+    barrier = threading.Barrier(len(amounts))
+    results, errors = [], []
+
+    def submit(i):
+        try:
+            barrier.wait(5)
+            results.append(store.pay_once(db, store.pay, aid, f"counter-{i}", "cash", amount_fen=amounts[i]))
+        except Exception as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(amounts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(results) == len(amounts) and not any(r["duplicate"] for r in results)
+    assert sorted(r["receipt_number"] for r in results) == [f"s1-R{i:07d}" for i in range(1, len(amounts) + 1)]
+    assert sum(r["allocated_fen"] for r in results) == 2 * 23375
+    assert sum(r["prepaid_fen"] for r in results) == sum(amounts) - 2 * 23375
+    with db.connect() as conn:
+        allocated = conn.execute(select(func.sum(tables.allocations.c.amount_fen))).scalar()
+        invs = store.list_invoices(conn, "s1", account_id=aid)
+        events = [p for _, t, p in outbox.unpublished(conn, tables.outbox, 100) if t == "payment_received"]
+    assert allocated == 2 * 23375 and [i["status"] for i in invs] == ["paid", "paid"]
+    assert _acct(db)["prepaid_fen"] == sum(amounts) - 2 * 23375 and _acct(db)["receivable_fen"] == 0
+    by_id = {r["payment_id"]: r for r in results}
+    assert len(events) == len(amounts)
+    for e in events:
+        r = by_id[e["payment_id"]]
+        assert (e["receipt_number"], e["receipt_path"], e["amount_fen"]) == (r["receipt_number"], r["receipt_path"],
+                                                                            r["amount_fen"])
+    _ledger_ok(db)
+
+
+def test_receipt_numbers_past_seven_digits_keep_counting(db):
+    aid = _acct(db)["account_id"]
+    with db.begin() as conn:
+        store.pay(conn, aid, "first", "cash", "1.00")
+        conn.execute(tables.counters.update().where(tables.counters.c.kind == "receipt").values(value=9_999_998))
+    with db.begin() as conn:
+        numbers = [store.pay(conn, aid, f"k{i}", "cash", "1.00")["receipt_number"] for i in range(2)]
+    assert numbers == ["s1-R9999999", "s1-R10000000"] == [store.number("receipt", "s1", n) for n in (9_999_999, 10**7)]
+
+
 def test_allocation_oldest_first_prepaid_and_later_invoices_draw_from_it(db):
     _bill(db, "2026-09")
     _bill(db, "2026-10")

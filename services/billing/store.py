@@ -11,11 +11,11 @@ import uuid
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from gatehouse.bus import event_payload
-from gatehouse.db import insert_ignore
+from gatehouse.db import UTCDateTime, insert_ignore
 from gatehouse.outbox import queue
 from gatehouse.records import InvalidInput, NotFound, now, require
 from services.billing import rules
@@ -291,6 +291,77 @@ INVOICE_PAID = update(invoices).where(invoices.c.invoice_id == _B("iid")).values
 ACCOUNT_BALANCES = update(accounts).where(accounts.c.account_id == _B("aid")).values(
     receivable_fen=accounts.c.receivable_fen + _B("d_receivable"), prepaid_fen=accounts.c.prepaid_fen + _B("d_prepaid"))
 
+# pay(): the account row locked with its site's allocation setting in one statement, then (a new
+# statement, so a new snapshot in READ COMMITTED: it sees whatever the holder of the lock committed)
+# the idempotency key and the open invoices in one statement.
+PAY_ACCOUNT = (select(accounts.c.site_id, accounts.c.unit_id, accounts.c.payer, accounts.c.currency, sites.c.late_fees)
+               .join_from(accounts, sites, accounts.c.site_id == sites.c.site_id)
+               .where(accounts.c.account_id == _B("aid")).with_for_update(of=accounts))
+_ONE = select(literal(1).label("one")).subquery("one")
+_DUP = payments.alias("dup")
+PAY_READ = (select(_DUP.c.payment_id.label("dup_payment_id"), *OPEN_INVOICES.selected_columns)
+            .select_from(_ONE.outerjoin(_DUP, _DUP.c.idempotency_key == _B("key"))
+                         .outerjoin(invoices, and_(invoices.c.account_id == _B("aid"), invoices.c.status.in_(OPEN)))))
+# ... and on PostgreSQL every write of the payment in one statement (one round trip): allocations,
+# invoices, journal and balances from arrays, then the receipt number (the counter row is locked
+# by the last step, so payments of one site queue on it for as short a time as possible: numbers
+# stay without gaps or repeats), the payment row (a concurrent twin with the same key fails here
+# on the unique key) and its event with the number in it.
+PG_PAY_WRITE = text("""
+WITH alloc AS (
+    INSERT INTO allocations (source, source_id, invoice_id, component, amount_fen, at)
+    SELECT 'payment', CAST(:payment_id AS varchar), a.invoice_id, a.component, a.amount_fen, :at
+    FROM unnest(CAST(:a_invoice AS bigint[]), CAST(:a_component AS varchar[]), CAST(:a_amount AS bigint[]))
+         AS a(invoice_id, component, amount_fen)
+    RETURNING 1
+), inv AS (
+    UPDATE invoices SET paid_fen = invoices.paid_fen + v.principal, late_paid_fen = invoices.late_paid_fen + v.late,
+                        status = v.status
+    FROM unnest(CAST(:i_invoice AS bigint[]), CAST(:i_principal AS bigint[]), CAST(:i_late AS bigint[]),
+                CAST(:i_status AS varchar[])) AS v(invoice_id, principal, late, status)
+    WHERE invoices.invoice_id = v.invoice_id
+    RETURNING 1
+), jrn AS (
+    INSERT INTO journal (txn, site_id, kind, ref, debit, credit, amount_fen, currency, at)
+    SELECT CAST(:txn AS varchar), CAST(:site AS varchar), 'payment', CAST(:payment_id AS varchar), j.debit, j.credit,
+           j.amount_fen, CAST(:currency AS varchar), :at
+    FROM unnest(CAST(:j_debit AS varchar[]), CAST(:j_credit AS varchar[]), CAST(:j_amount AS bigint[]))
+         AS j(debit, credit, amount_fen)
+    RETURNING 1
+), acct AS (
+    UPDATE accounts SET receivable_fen = receivable_fen - CAST(:allocated AS bigint),
+                        prepaid_fen = prepaid_fen + CAST(:rest AS bigint)
+    WHERE account_id = CAST(:aid AS bigint)
+    RETURNING 1
+), c AS (
+    -- counted first, so run to completion first: the counter row is locked after them
+    INSERT INTO counters (site_id, kind, value)
+    SELECT CAST(:site AS varchar), 'receipt', 1
+    WHERE (SELECT count(*) FROM alloc) + (SELECT count(*) FROM inv) + (SELECT count(*) FROM jrn)
+          + (SELECT count(*) FROM acct) >= 0
+    ON CONFLICT (site_id, kind) DO UPDATE SET value = counters.value + 1
+    RETURNING value
+), p AS (
+    INSERT INTO payments (payment_id, site_id, idempotency_key, account_id, target, method, amount_fen, currency,
+                          allocated_fen, prepaid_fen, payer, operator, reference, receipt_seq, receipt_number,
+                          received_at)
+    SELECT CAST(:payment_id AS varchar), CAST(:site AS varchar), CAST(:key AS varchar), CAST(:aid AS bigint), 'account',
+           CAST(:method AS varchar), CAST(:amount AS bigint), CAST(:currency AS varchar), CAST(:allocated AS bigint),
+           CAST(:rest AS bigint), CAST(:payer AS varchar), CAST(:operator AS varchar), CAST(:reference AS varchar),
+           c.value, CAST(:site AS varchar) || '-R' || lpad(CAST(c.value AS text), greatest(7, length(CAST(c.value AS text))), '0'),
+           :at
+    FROM c
+    RETURNING receipt_seq, receipt_number
+), ev AS (
+    INSERT INTO outbox (event_type, payload, published)
+    SELECT 'payment_received', CAST(CAST(:payload AS jsonb) || jsonb_build_object(
+               'receipt_number', p.receipt_number,
+               'receipt_path', '/api/billing/receipts/' || p.receipt_number || '.html') AS text), false
+    FROM p
+)
+SELECT receipt_seq, receipt_number FROM p
+""").bindparams(bindparam("at", type_=UTCDateTime))
+
 
 def _queue(conn, site_id, event_type, **fields) -> dict:
     """gatehouse.outbox.queue with a prebuilt statement (same row, same payload)."""
@@ -317,14 +388,20 @@ def number(kind, site_id, seq) -> str:
     return NUMBER_FORMATS[kind].format(site=site_id, seq=seq)
 
 
+def _entries(entries) -> list[tuple[str, str, int]]:
+    """The entries of a money movement that move something; refuses a negative or same-code one."""
+    out = [(d, c, a) for d, c, a in entries if a]
+    if any(a < 0 or d == c for d, c, a in out):
+        raise InvalidInput("a journal entry must move a positive amount between two different codes")
+    return out
+
+
 def post(conn, site_id, kind, ref, entries, currency, at=None) -> str:
     """One money movement: balanced entries (debit code, credit code, amount_fen > 0) under one txn."""
     txn = str(uuid.uuid4())
     at = at or now()
     rows = [dict(txn=txn, site_id=site_id, kind=kind, ref=str(ref), debit=d, credit=c, amount_fen=a,
-                 currency=currency, at=at) for d, c, a in entries if a]
-    if any(r["amount_fen"] < 0 or r["debit"] == r["credit"] for r in rows):
-        raise InvalidInput("a journal entry must move a positive amount between two different codes")
+                 currency=currency, at=at) for d, c, a in _entries(entries)]
     if rows:
         conn.execute(INSERT_JOURNAL, rows)
     return txn
@@ -680,20 +757,28 @@ def _apply(conn, account_id, amount, late_fees, source, source_id, at) -> tuple[
     return amount - left, [(d.invoice_id, d.component, fen) for d, fen in applied]
 
 
+def _invoice_changes(applied, open_invoices) -> list[dict]:
+    """What an allocation adds to each invoice: principal, late fee, and the invoice's new status."""
+    per_invoice = defaultdict(lambda: [0, 0])
+    for d, fen in applied:
+        per_invoice[d.invoice_id][0 if d.component == "principal" else 1] += fen
+    out = []
+    for inv_id, (principal, late) in per_invoice.items():
+        r = open_invoices[inv_id]
+        status = rules.invoice_status(r["total_fen"], r["paid_fen"] + principal, r["credited_fen"],
+                                      r["late_fee_fen"], r["late_paid_fen"] + late)
+        out.append({"iid": inv_id, "principal": principal, "late": late, "new_status": status})
+    return out
+
+
 def _write_allocations(conn, applied, open_invoices, source, source_id, at) -> None:
     """The allocation rows, and each invoice's paid amounts and status in one UPDATE."""
     if not applied:
         return
     conn.execute(INSERT_ALLOCATIONS, [dict(source=source, source_id=str(source_id), invoice_id=d.invoice_id,
                                            component=d.component, amount_fen=fen, at=at) for d, fen in applied])
-    per_invoice = defaultdict(lambda: [0, 0])
-    for d, fen in applied:
-        per_invoice[d.invoice_id][0 if d.component == "principal" else 1] += fen
-    for inv_id, (principal, late) in per_invoice.items():
-        r = open_invoices[inv_id]
-        status = rules.invoice_status(r["total_fen"], r["paid_fen"] + principal, r["credited_fen"],
-                                      r["late_fee_fen"], r["late_paid_fen"] + late)
-        conn.execute(INVOICE_PAID, {"iid": inv_id, "principal": principal, "late": late, "new_status": status})
+    for change in _invoice_changes(applied, open_invoices):
+        conn.execute(INVOICE_PAID, change)
 
 
 def _refresh_status(conn, inv_id):
@@ -749,34 +834,51 @@ def pay(conn, account_id, idempotency_key, method, amount=None, currency="CNY", 
     fen = _rule(rules.parse_amount, amount, amount_fen)
     aid = _account_id(account_id)
     # lock the account row first: two payments of one account are allocated one after the other
-    acct = conn.execute(ACCOUNT_FOR_UPDATE, {"aid": aid}).mappings().first()
+    acct = conn.execute(PAY_ACCOUNT, {"aid": aid}).first()
     if acct is None:
         raise NotFound(f"unknown account {account_id!r}")
-    found = _existing_payment(conn, key, aid, fen)
-    if found:
-        return found
-    _rule(rules.check_currency, currency, acct["currency"])
-    late_fees = conn.execute(SITE_ALLOCATION, {"site": acct["site_id"]}).scalar_one()
+    site_id = acct.site_id
+    found = conn.execute(PAY_READ, {"key": key, "aid": aid}).mappings().all()
+    if found[0]["dup_payment_id"] is not None:
+        return _existing_payment(conn, key, aid, fen)
+    _rule(rules.check_currency, currency, acct.currency)
+    open_invoices = {r["invoice_id"]: r for r in found if r["invoice_id"] is not None}
+    applied, rest = rules.allocate(fen, _debts(open_invoices), acct.late_fees)
+    allocated = fen - rest
     at = at or now()
     payment_id = str(uuid.uuid4())
-    seq = _next_numbers(conn, acct["site_id"], "receipt")
-    open_invoices = _open_invoices(conn, aid)
-    applied, rest = rules.allocate(fen, _debts(open_invoices), late_fees)
-    allocated = fen - rest
-    row = dict(payment_id=payment_id, site_id=acct["site_id"], idempotency_key=key, account_id=aid, target="account",
+    entries = _entries([(method, receivable(aid), allocated), (method, prepaid(aid), rest)])
+    row = dict(payment_id=payment_id, site_id=site_id, idempotency_key=key, account_id=aid, target="account",
                method=method, amount_fen=fen, currency=currency, allocated_fen=allocated, prepaid_fen=rest,
-               payer=payer or acct["payer"], operator=operator or "", reference=reference or "", receipt_seq=seq,
-               receipt_number=number("receipt", acct["site_id"], seq), received_at=at)
+               payer=payer or acct.payer, operator=operator or "", reference=reference or "", received_at=at)
+    event = dict(payment_id=payment_id, account_id=aid, unit_id=acct.unit_id, payer=row["payer"], amount_fen=fen,
+                 currency=currency, method=method)
+    if conn.dialect.name == "postgresql":
+        changes = _invoice_changes(applied, open_invoices)
+        written = conn.execute(PG_PAY_WRITE, dict(
+            payment_id=payment_id, site=site_id, key=key, aid=aid, method=method, amount=fen, currency=currency,
+            allocated=allocated, rest=rest, payer=row["payer"], operator=row["operator"],
+            reference=row["reference"], at=at, txn=str(uuid.uuid4()),
+            a_invoice=[d.invoice_id for d, _ in applied], a_component=[d.component for d, _ in applied],
+            a_amount=[fen for _, fen in applied],
+            i_invoice=[c["iid"] for c in changes], i_principal=[c["principal"] for c in changes],
+            i_late=[c["late"] for c in changes], i_status=[c["new_status"] for c in changes],
+            j_debit=[d for d, _, _ in entries], j_credit=[c for _, c, _ in entries],
+            j_amount=[a for _, _, a in entries],
+            payload=json.dumps(event_payload(site_id, **event), default=str, ensure_ascii=False))).one()
+        row.update(receipt_seq=written.receipt_seq, receipt_number=written.receipt_number)
+        return _payment_out(row)
+    # SQLite (one writer at a time anyway): the same writes statement by statement
+    seq = _next_numbers(conn, site_id, "receipt")
+    row.update(receipt_seq=seq, receipt_number=number("receipt", site_id, seq))
     # the payment row first: a concurrent twin fails here on the unique key and is answered from it
     conn.execute(INSERT_PAYMENT, row)
     _write_allocations(conn, applied, open_invoices, "payment", payment_id, at)
-    post(conn, acct["site_id"], "payment", payment_id,
-         [(method, receivable(aid), allocated), (method, prepaid(aid), rest)], currency, at)
+    post(conn, site_id, "payment", payment_id, entries, currency, at)
     conn.execute(ACCOUNT_BALANCES, {"aid": aid, "d_receivable": -allocated, "d_prepaid": rest})
     out = _payment_out(row)
-    _queue(conn, acct["site_id"], "payment_received", payment_id=payment_id, account_id=aid,
-          unit_id=acct["unit_id"], payer=out["payer"], amount_fen=fen, currency=currency, method=method,
-          receipt_number=out["receipt_number"], receipt_path=out["receipt_path"])
+    _queue(conn, site_id, "payment_received", **event, receipt_number=out["receipt_number"],
+           receipt_path=out["receipt_path"])
     return out
 
 
