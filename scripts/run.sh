@@ -30,9 +30,11 @@ gatehouse sim force --port 15022 >/dev/null && echo "  forced garage-door once: 
 $CTL status
 cat <<TXT
 
-Gatehouse is running: access, edgelink (gRPC :50051), console (http://${CONSOLE_ADDRESS:-127.0.0.1:8080}),
-two simulated turnstiles (Modbus TCP :15021 t1 north-gate, :15022 t2 garage-door), a garage with two
-lanes (barriers :15031 in1, :15032 out1; displays :15041, :15042), parking, and the demo site's agent.
+Gatehouse is running: access, parking, billing, patrol, notify, edgelink (gRPC :50051), the patrol
+handheld server (gRPC :50052), console (http://${CONSOLE_ADDRESS:-127.0.0.1:8080}), two simulated
+turnstiles (Modbus TCP :15021 t1 north-gate, :15022 t2 garage-door), a garage with two lanes
+(barriers :15031 in1, :15032 out1; displays :15041, :15042), the demo site's agent, a fake payment
+provider (:8030), a local SMTP server (:2525, mail in var/mail) and a fake SMS provider (:8025).
 
 Try it:
   .venv/bin/gatehouse present 10001 --device t1     # Li Wei, resident: granted, t1 unlocks
@@ -53,6 +55,12 @@ Try it:
   .venv/bin/gatehouse pay 苏E12345 --lot demo-garage --by cashier-1   # ... the cashier takes it: the exit opens
   .venv/bin/gatehouse camera out1 --plate 皖A12345   # a resident leaves: free
   curl -s http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/lots/demo-garage/reads   # unsure reads for an operator
+  .venv/bin/gatehouse billing arrears --site demo    # who owes what since when (2-1-301 is overdue)
+  .venv/bin/gatehouse billing run --site demo --period $(date +%Y-%m)   # this month's run (a progress bar; run it again: nothing new)
+  .venv/bin/gatehouse patrol rounds --site demo      # the night route: one round walked, one missed
+  .venv/bin/gatehouse patrol walk demo-night --guard p-wangfang --pin 1357 --offline-after 2   # a handheld; then: gatehouse patrol sync
+  .venv/bin/gatehouse notify inbox p-wangfang        # what security heard: the forced door, the missed round
+  .venv/bin/gatehouse notify mail                    # what reached the local SMTP server (var/mail)
 
   $CTL stop edgelink     # the centre is gone: cards still work, events wait in the outbox
   $CTL start edgelink    # ... and arrive once each, in order
@@ -61,6 +69,8 @@ Where to look:
   http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/health    each service and agent
   http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/events    recorded access events (JSON, paged)
   http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/sites/demo/alarms   alarms; every endpoint: docs/access.md
+  docs/parking.md, docs/billing.md, docs/patrol.md, docs/notify.md   the other areas and their endpoints
+  http://127.0.0.1:8025/requests             what the fake SMS provider received
   var/log/<process>.log                      each process's log (JSON lines)
 Stop everything with: make stop
 TXT
