@@ -33,21 +33,33 @@ The control helpers at the bottom (``read_state``, ``set_vehicle``, ``set_travel
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from pathlib import Path
 
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator import SimDevice
 
-from edge.profiles import BarrierProfile, BarrierSimulationPoints, Point, ProfileError, load_profile
-from edge.sim.turnstile import _BIT_TABLES, _COIL_WRITES, _REGISTER_WRITES, _TABLE_CODE
+from edge.profiles import BarrierProfile, BarrierSimulationPoints, Point, ProfileError
+from edge.sim.common import (
+    _BIT_TABLES,
+    _COIL_WRITES,
+    _REGISTER_WRITES,
+    _TABLE_CODE,
+    build_device,
+    control_client,
+    listen,
+    make_parser,
+    read_point,
+    run,
+    serve_simulators,
+    shut_down,
+    write_fault,
+)
 
 log = logging.getLogger("edge.sim.barrier")  # not __name__: that is "__main__" under python -m
 
@@ -122,12 +134,7 @@ class BarrierSimulator:
         """Listen for Modbus TCP; returns once connections are accepted."""
         if self._server is not None:
             raise RuntimeError(f"{self.name} is already running")
-        server = ModbusTcpServer(self._build_device(), address=(self.host, self.port))
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus reports a failed bind this way
-            raise OSError(f"{self.name}: cannot listen: {exc}") from exc
-        self._server = server
+        self._server = await listen(self.name, self._build_device(), self.host, self.port)
         log.info("%s: listening (unit %d), arm %s", self.name, self.profile.unit, self._arm)
 
     async def stop(self) -> None:
@@ -142,8 +149,7 @@ class BarrierSimulator:
         server, self._server = self._server, None
         if server is None:
             return
-        await server.shutdown()
-        await asyncio.sleep(0)  # let the closed transports run connection_lost and release their sockets
+        await shut_down(server)
         log.info("%s: stopped", self.name)
 
     async def set_vehicle(self, present: bool) -> None:
@@ -164,32 +170,7 @@ class BarrierSimulator:
     # -- Modbus requests -------------------------------------------------------------------
 
     def _build_device(self) -> SimDevice:
-        values = self._values()
-        blocks: dict[str, list[SimData]] = {table: [] for table in _TABLE_CODE}
-        for point in self.profile.named_points().values():
-            value = values.get((point.table, point.address), 0)
-            if point.table in _BIT_TABLES:
-                blocks[point.table].append(SimData(point.address, values=bool(value), datatype=DataType.BITS))
-            else:
-                blocks[point.table].append(
-                    SimData(point.address, values=int(value), datatype=DataType.UINT16)
-                )
-        for table, table_blocks in blocks.items():  # pymodbus needs at least one block per table
-            if not table_blocks:
-                if table in _BIT_TABLES:
-                    table_blocks.append(SimData(0, values=False, datatype=DataType.BITS))
-                else:
-                    table_blocks.append(SimData(0, datatype=DataType.INVALID))
-        return SimDevice(
-            id=self.profile.unit,
-            simdata=(
-                blocks["coil"],
-                blocks["discrete_input"],
-                blocks["holding_register"],
-                blocks["input_register"],
-            ),
-            action=self._on_request,
-        )
+        return build_device(self.profile, self._values(), self._on_request)
 
     def _values(self) -> dict[tuple[str, int], int]:
         """What the physical world shows on the controller's points, by (table, address)."""
@@ -328,34 +309,14 @@ class BarrierSimulator:
 # Control helpers: a Modbus TCP client doing what a test or an operator would do to the device.
 
 
-@asynccontextmanager
-async def _client(host: str, port: int, profile: BarrierProfile) -> AsyncIterator[AsyncModbusTcpClient]:
-    client = AsyncModbusTcpClient(host, port=port, timeout=profile.timeout_s, retries=0, reconnect_delay=0)
-    try:
-        if not await client.connect():
-            raise ConnectionError(f"no barrier controller at {host}:{port}")
-        yield client
-    finally:
-        client.close()
+def _client(host: str, port: int, profile: BarrierProfile):
+    return control_client(host, port, profile, "barrier controller")
 
 
 def _simulation(profile: BarrierProfile) -> BarrierSimulationPoints:
     if profile.simulation is None:
         raise ProfileError(f"profile {profile.model!r} has no simulation section")
     return profile.simulation
-
-
-async def _read_point(client: AsyncModbusTcpClient, unit: int, point: Point) -> int:
-    reader = {
-        "coil": client.read_coils,
-        "discrete_input": client.read_discrete_inputs,
-        "holding_register": client.read_holding_registers,
-        "input_register": client.read_input_registers,
-    }[point.table]
-    response = await reader(point.address, count=1, device_id=unit)
-    if response.isError():
-        raise ModbusException(f"reading {point.table} {point.address}: {response}")
-    return int(response.bits[0]) if point.table in _BIT_TABLES else response.registers[0]
 
 
 async def read_state(host: str, port: int, profile: BarrierProfile) -> dict:
@@ -376,7 +337,7 @@ async def read_state(host: str, port: int, profile: BarrierProfile) -> dict:
     }
     async with _client(host, port, profile) as client:
         state: dict = {
-            name: await _read_point(client, profile.unit, point)
+            name: await read_point(client, profile.unit, point)
             for name, point in named.items()
             if point is not None
         }
@@ -407,15 +368,7 @@ async def set_travel_ms(host: str, port: int, profile: BarrierProfile, travel_ms
 
 async def set_fault(host: str, port: int, profile: BarrierProfile, code: int) -> None:
     """Set the controller's fault code (0 clears it); needs fault_code in a holding register."""
-    point = profile.points.fault_code
-    if point.table != "holding_register":
-        raise ValueError(
-            f"fault_code is an {point.table}; only a holding_register can be written over Modbus"
-        )
-    async with _client(host, port, profile) as client:
-        response = await client.write_register(point.address, code, device_id=profile.unit)
-        if response.isError():
-            raise ModbusException(f"set fault_code {code}: {response}")
+    await write_fault(host, port, profile, code, "barrier controller")
 
 
 async def command(host: str, port: int, profile: BarrierProfile, what: str) -> None:
@@ -438,32 +391,13 @@ async def serve(
     profile_path: str | Path, host: str, ports: list[int], travel_ms: int = DEFAULT_TRAVEL_MS
 ) -> None:
     """Run one simulated barrier per port until cancelled."""
-    if not ports:
-        raise ValueError("serve needs at least one port")
-    profile = load_profile(profile_path, kind="barrier")
-    simulators = [BarrierSimulator(profile, host, port, travel_ms=travel_ms) for port in ports]
-    try:
-        for simulator in simulators:
-            await simulator.start()
-        await asyncio.Future()  # until cancelled
-    finally:
-        for simulator in simulators:
-            with suppress(Exception):
-                await simulator.stop()
+    await serve_simulators(
+        profile_path, "barrier", ports, lambda profile, port: BarrierSimulator(profile, host, port, travel_ms)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.sim.barrier", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--profile", required=True, help="device profile YAML, e.g. edge/profiles/barrier-generic.yaml"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument(
-        "--port",
-        type=int,
-        action="append",
-        help=f"port to listen on; repeat for more barriers (default: {DEFAULT_PORT})",
-    )
+    parser = make_parser("barrier", "barriers", __doc__, DEFAULT_PORT)
     parser.add_argument(
         "--travel-ms",
         type=int,
@@ -473,17 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.travel_ms < 1:
         parser.error("--travel-ms must be at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pymodbus").setLevel(logging.WARNING)
-    try:
-        asyncio.run(serve(args.profile, args.host, args.port or [DEFAULT_PORT], args.travel_ms))
-    except ProfileError as exc:
-        parser.exit(2, f"{exc}\n")
-    except OSError as exc:
-        parser.exit(1, f"{exc}\n")
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run(parser, serve(args.profile, args.host, args.port or [DEFAULT_PORT], args.travel_ms))
 
 
 if __name__ == "__main__":

@@ -21,20 +21,24 @@ reading back what is shown checks the driver against the profile, not against it
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator import SimDevice
 
-from edge.profiles import DisplayProfile, DisplaySimulationPoints, ProfileError, Uint32Point, load_profile
-from edge.sim.turnstile import _BIT_TABLES, _COIL_WRITES, _TABLE_CODE
+from edge.profiles import DisplayProfile, DisplaySimulationPoints, ProfileError, Uint32Point
+from edge.sim.common import (
+    _COIL_WRITES,
+    build_device,
+    control_client,
+    listen,
+    make_parser,
+    run,
+    serve_simulators,
+    shut_down,
+)
 
 log = logging.getLogger("edge.sim.display")  # not __name__: that is "__main__" under python -m
 
@@ -81,49 +85,18 @@ class DisplaySimulator:
         if self._server is not None:
             raise RuntimeError(f"{self.name} is already running")
         self.shown = None
-        server = ModbusTcpServer(self._build_device(), address=(self.host, self.port))
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus reports a failed bind this way
-            raise OSError(f"{self.name}: cannot listen: {exc}") from exc
-        self._server = server
+        self._server = await listen(self.name, self._build_device(), self.host, self.port)
         log.info("%s: listening (unit %d)", self.name, self.profile.unit)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        await server.shutdown()
-        await asyncio.sleep(0)
+        await shut_down(server)
         log.info("%s: stopped", self.name)
 
     def _build_device(self) -> SimDevice:
-        blocks: dict[str, list[SimData]] = {table: [] for table in _TABLE_CODE}
-        for point in self.profile.named_points().values():
-            if point.table in _BIT_TABLES:
-                blocks[point.table].append(
-                    SimData(point.address, count=point.span, values=False, datatype=DataType.BITS)
-                )
-            else:
-                blocks[point.table].append(
-                    SimData(point.address, count=point.span, values=0, datatype=DataType.UINT16)
-                )
-        for table, table_blocks in blocks.items():  # pymodbus needs at least one block per table
-            if not table_blocks:
-                if table in _BIT_TABLES:
-                    table_blocks.append(SimData(0, values=False, datatype=DataType.BITS))
-                else:
-                    table_blocks.append(SimData(0, datatype=DataType.INVALID))
-        return SimDevice(
-            id=self.profile.unit,
-            simdata=(
-                blocks["coil"],
-                blocks["discrete_input"],
-                blocks["holding_register"],
-                blocks["input_register"],
-            ),
-            action=self._on_request,
-        )
+        return build_device(self.profile, {}, self._on_request)  # blank: every register 0
 
     async def _on_request(
         self,
@@ -169,15 +142,8 @@ class DisplaySimulator:
 # Control helpers over Modbus TCP.
 
 
-@asynccontextmanager
-async def _client(host: str, port: int, profile: DisplayProfile) -> AsyncIterator[AsyncModbusTcpClient]:
-    client = AsyncModbusTcpClient(host, port=port, timeout=profile.timeout_s, retries=0, reconnect_delay=0)
-    try:
-        if not await client.connect():
-            raise ConnectionError(f"no display at {host}:{port}")
-        yield client
-    finally:
-        client.close()
+def _client(host: str, port: int, profile: DisplayProfile):
+    return control_client(host, port, profile, "display")
 
 
 async def read_state(host: str, port: int, profile: DisplayProfile) -> dict:
@@ -217,44 +183,13 @@ async def read_state(host: str, port: int, profile: DisplayProfile) -> dict:
 
 
 async def serve(profile_path: str | Path, host: str, ports: list[int]) -> None:
-    if not ports:
-        raise ValueError("serve needs at least one port")
-    profile = load_profile(profile_path, kind="display")
-    simulators = [DisplaySimulator(profile, host, port) for port in ports]
-    try:
-        for simulator in simulators:
-            await simulator.start()
-        await asyncio.Future()
-    finally:
-        for simulator in simulators:
-            with suppress(Exception):
-                await simulator.stop()
+    await serve_simulators(profile_path, "display", ports, lambda profile, port: DisplaySimulator(profile, host, port))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.sim.display", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--profile", required=True, help="device profile YAML, e.g. edge/profiles/display-generic.yaml"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument(
-        "--port",
-        type=int,
-        action="append",
-        help=f"port to listen on; repeat for more displays (default: {DEFAULT_PORT})",
-    )
+    parser = make_parser("display", "displays", __doc__, DEFAULT_PORT)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pymodbus").setLevel(logging.WARNING)
-    try:
-        asyncio.run(serve(args.profile, args.host, args.port or [DEFAULT_PORT]))
-    except ProfileError as exc:
-        parser.exit(2, f"{exc}\n")
-    except OSError as exc:
-        parser.exit(1, f"{exc}\n")
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run(parser, serve(args.profile, args.host, args.port or [DEFAULT_PORT]))
 
 
 if __name__ == "__main__":

@@ -33,30 +33,36 @@ The control helpers at the bottom (``trigger``, ``set_fault``, ``set_door_open``
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator import SimDevice
 
-from edge.profiles import DeviceProfile, Point, ProfileError, SimulationPoints, load_profile
+from edge.profiles import DeviceProfile, Point, ProfileError, SimulationPoints
+from edge.sim.common import (
+    _BIT_TABLES,
+    _COIL_WRITES,
+    _REGISTER_WRITES,
+    _TABLE_CODE,
+    build_device,
+    control_client,
+    listen,
+    make_parser,
+    read_point,
+    run,
+    serve_simulators,
+    shut_down,
+    write_fault,
+)
 
 log = logging.getLogger("edge.sim.turnstile")  # not __name__: that is "__main__" under python -m
 
 DEFAULT_PORT = 5020
 COUNTER_MODULO = 1 << 16
-
-# pymodbus's datastore picks the table from a function code: internal access uses each table's read code.
-_TABLE_CODE = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
-_BIT_TABLES = ("coil", "discrete_input")
-_COIL_WRITES = frozenset({5, 15})  # write single / multiple coils
-_REGISTER_WRITES = frozenset({6, 16, 22, 23})  # write single / multiple, mask write, read-write multiple
 
 
 class TurnstileSimulator:
@@ -102,12 +108,7 @@ class TurnstileSimulator:
             raise RuntimeError(f"{self.name} is already running")
         self._unlocked = False
         self._free_exit = False
-        server = ModbusTcpServer(self._build_device(), address=(self.host, self.port))
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus reports a failed bind this way
-            raise OSError(f"{self.name}: cannot listen: {exc}") from exc
-        self._server = server
+        self._server = await listen(self.name, self._build_device(), self.host, self.port)
         log.info("%s: listening (unit %d)", self.name, self.profile.unit)
 
     async def stop(self) -> None:
@@ -116,37 +117,11 @@ class TurnstileSimulator:
         server, self._server = self._server, None
         if server is None:
             return
-        await server.shutdown()
-        await asyncio.sleep(0)  # let the closed transports run connection_lost and release their sockets
+        await shut_down(server)
         log.info("%s: stopped", self.name)
 
     def _build_device(self) -> SimDevice:
-        levels = self._input_levels()
-        blocks: dict[str, list[SimData]] = {table: [] for table in _TABLE_CODE}
-        for point in self.profile.named_points().values():
-            if point.table in _BIT_TABLES:
-                value = levels.get((point.table, point.address), False)
-                blocks[point.table].append(SimData(point.address, values=value, datatype=DataType.BITS))
-            else:
-                blocks[point.table].append(SimData(point.address, values=0, datatype=DataType.UINT16))
-        # pymodbus needs at least one block per table: an unused register table answers "illegal
-        # address" everywhere; bit tables cannot be marked invalid, so an unused one reads 0 at 0.
-        for table, table_blocks in blocks.items():
-            if not table_blocks:
-                if table in _BIT_TABLES:
-                    table_blocks.append(SimData(0, values=False, datatype=DataType.BITS))
-                else:
-                    table_blocks.append(SimData(0, datatype=DataType.INVALID))
-        return SimDevice(
-            id=self.profile.unit,
-            simdata=(
-                blocks["coil"],
-                blocks["discrete_input"],
-                blocks["holding_register"],
-                blocks["input_register"],
-            ),
-            action=self._on_request,
-        )
+        return build_device(self.profile, self._input_levels(), self._on_request)
 
     def _input_levels(self) -> dict[tuple[str, int], bool]:
         """The inputs' current levels, and their triggers reading back the same, by (table, address)."""
@@ -311,28 +286,8 @@ class TurnstileSimulator:
 # Control helpers: a Modbus TCP client doing what a test or an operator would do to the device.
 
 
-@asynccontextmanager
-async def _client(host: str, port: int, profile: DeviceProfile) -> AsyncIterator[AsyncModbusTcpClient]:
-    client = AsyncModbusTcpClient(host, port=port, timeout=profile.timeout_s, retries=0, reconnect_delay=0)
-    try:
-        if not await client.connect():
-            raise ConnectionError(f"no turnstile at {host}:{port}")
-        yield client
-    finally:
-        client.close()
-
-
-async def _read_point(client: AsyncModbusTcpClient, unit: int, point: Point) -> int:
-    reader = {
-        "coil": client.read_coils,
-        "discrete_input": client.read_discrete_inputs,
-        "holding_register": client.read_holding_registers,
-        "input_register": client.read_input_registers,
-    }[point.table]
-    response = await reader(point.address, count=1, device_id=unit)
-    if response.isError():
-        raise ModbusException(f"reading {point.table} {point.address}: {response}")
-    return int(response.bits[0]) if point.table in _BIT_TABLES else response.registers[0]
+def _client(host: str, port: int, profile: DeviceProfile):
+    return control_client(host, port, profile, "turnstile")
 
 
 async def trigger(host: str, port: int, profile: DeviceProfile, what: str) -> None:
@@ -370,15 +325,7 @@ async def _set_level(host: str, port: int, profile: DeviceProfile, trigger_role:
 
 async def set_fault(host: str, port: int, profile: DeviceProfile, code: int) -> None:
     """Set the controller's fault code (0 clears it); needs fault_code in a holding register."""
-    point = profile.points.fault_code
-    if point.table != "holding_register":
-        raise ValueError(
-            f"fault_code is an {point.table}; only a holding_register can be written over Modbus"
-        )
-    async with _client(host, port, profile) as client:
-        response = await client.write_register(point.address, code, device_id=profile.unit)
-        if response.isError():
-            raise ModbusException(f"set fault_code {code}: {response}")
+    await write_fault(host, port, profile, code, "turnstile")
 
 
 async def read_state(host: str, port: int, profile: DeviceProfile) -> dict:
@@ -399,7 +346,7 @@ async def read_state(host: str, port: int, profile: DeviceProfile) -> dict:
     }
     async with _client(host, port, profile) as client:
         state = {
-            name: await _read_point(client, profile.unit, point)
+            name: await read_point(client, profile.unit, point)
             for name, point in named.items()
             if point is not None
         }
@@ -415,44 +362,13 @@ async def read_state(host: str, port: int, profile: DeviceProfile) -> dict:
 
 async def serve(profile_path: str | Path, host: str, ports: list[int]) -> None:
     """Run one simulated turnstile per port until cancelled."""
-    if not ports:
-        raise ValueError("serve needs at least one port")
-    profile = load_profile(profile_path)
-    simulators = [TurnstileSimulator(profile, host, port) for port in ports]
-    try:
-        for simulator in simulators:
-            await simulator.start()
-        await asyncio.Future()  # until cancelled
-    finally:
-        for simulator in simulators:
-            with suppress(Exception):
-                await simulator.stop()
+    await serve_simulators(profile_path, None, ports, lambda profile, port: TurnstileSimulator(profile, host, port))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.sim.turnstile", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--profile", required=True, help="device profile YAML, e.g. edge/profiles/turnstile-generic.yaml"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument(
-        "--port",
-        type=int,
-        action="append",
-        help=f"port to listen on; repeat for more turnstiles (default: {DEFAULT_PORT})",
-    )
+    parser = make_parser("turnstile", "turnstiles", __doc__, DEFAULT_PORT)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pymodbus").setLevel(logging.WARNING)
-    try:
-        asyncio.run(serve(args.profile, args.host, args.port or [DEFAULT_PORT]))
-    except ProfileError as exc:
-        parser.exit(2, f"{exc}\n")
-    except OSError as exc:
-        parser.exit(1, f"{exc}\n")
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run(parser, serve(args.profile, args.host, args.port or [DEFAULT_PORT]))
 
 
 if __name__ == "__main__":
