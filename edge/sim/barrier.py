@@ -45,21 +45,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import SimDevice
 
 from edge.profiles import BarrierProfile, BarrierSimulationPoints, Point, ProfileError
-from edge.sim.common import (
-    _BIT_TABLES,
-    _COIL_WRITES,
-    _REGISTER_WRITES,
-    _TABLE_CODE,
-    build_device,
-    control_client,
-    listen,
-    make_parser,
-    read_point,
-    run,
-    serve_simulators,
-    shut_down,
-    write_fault,
-)
+from edge.sim import common
 
 log = logging.getLogger("edge.sim.barrier")  # not __name__: that is "__main__" under python -m
 
@@ -81,16 +67,10 @@ class BarrierSimulator:
         port: int = DEFAULT_PORT,
         travel_ms: int = DEFAULT_TRAVEL_MS,
     ) -> None:
-        if profile.kind != "barrier":
-            raise ProfileError(f"profile {profile.model!r} is a {profile.kind} profile, not a barrier one")
-        if profile.simulation is None:
-            raise ProfileError(
-                f"profile {profile.model!r} has no simulation section; the simulator needs one"
-            )
+        self._sim: BarrierSimulationPoints = common.simulation_points(profile, "barrier")
         self.profile = profile
         self.host = host
         self.port = port
-        self._sim: BarrierSimulationPoints = profile.simulation
         self._server: ModbusTcpServer | None = None
         # The physical world: survives a power cycle of the controller.
         self._position = 0.0  # 0 fully down .. 1 fully up
@@ -134,7 +114,7 @@ class BarrierSimulator:
         """Listen for Modbus TCP; returns once connections are accepted."""
         if self._server is not None:
             raise RuntimeError(f"{self.name} is already running")
-        self._server = await listen(self.name, self._build_device(), self.host, self.port)
+        self._server = await common.listen(self.name, self._build_device(), self.host, self.port)
         log.info("%s: listening (unit %d), arm %s", self.name, self.profile.unit, self._arm)
 
     async def stop(self) -> None:
@@ -149,7 +129,7 @@ class BarrierSimulator:
         server, self._server = self._server, None
         if server is None:
             return
-        await shut_down(server)
+        await common.shut_down(server)
         log.info("%s: stopped", self.name)
 
     async def set_vehicle(self, present: bool) -> None:
@@ -170,7 +150,7 @@ class BarrierSimulator:
     # -- Modbus requests -------------------------------------------------------------------
 
     def _build_device(self) -> SimDevice:
-        return build_device(self.profile, self._values(), self._on_request)
+        return common.build_device(self.profile, self._values(), self._on_request)
 
     def _values(self) -> dict[tuple[str, int], int]:
         """What the physical world shows on the controller's points, by (table, address)."""
@@ -199,12 +179,12 @@ class BarrierSimulator:
         """pymodbus ``SimDevice.action``: runs before the datastore applies a request."""
         if values is None:
             return
-        if function_code in _COIL_WRITES:
+        if function_code in common.COIL_WRITES:
             for offset, value in enumerate(values):
                 handler = self._coil_handlers.get(address + offset)
                 if handler is not None:
                     values[offset] = await handler(bool(value))
-        elif function_code in _REGISTER_WRITES:
+        elif function_code in common.REGISTER_WRITES:
             travel = self._sim.travel_ms
             if travel.table == "holding_register" and 0 <= travel.address - address < len(values):
                 self._travel_ms = max(1, int(values[travel.address - address]))
@@ -293,15 +273,15 @@ class BarrierSimulator:
             if (table, address) != (sim.travel_ms.table, sim.travel_ms.address):
                 await self._server.async_setValues(
                     self.profile.unit,
-                    _TABLE_CODE[table],
+                    common.TABLE_CODE[table],
                     address,
-                    [bool(value) if table in _BIT_TABLES else value],
+                    [bool(value) if table in common.BIT_TABLES else value],
                 )
 
     async def _write(self, point: Point, value: int | bool) -> None:
         assert self._server is not None
         await self._server.async_setValues(
-            self.profile.unit, _TABLE_CODE[point.table], point.address, [value]
+            self.profile.unit, common.TABLE_CODE[point.table], point.address, [value]
         )
 
 
@@ -310,7 +290,7 @@ class BarrierSimulator:
 
 
 def _client(host: str, port: int, profile: BarrierProfile):
-    return control_client(host, port, profile, "barrier controller")
+    return common.control_client(host, port, profile, "barrier controller")
 
 
 def _simulation(profile: BarrierProfile) -> BarrierSimulationPoints:
@@ -337,7 +317,7 @@ async def read_state(host: str, port: int, profile: BarrierProfile) -> dict:
     }
     async with _client(host, port, profile) as client:
         state: dict = {
-            name: await read_point(client, profile.unit, point)
+            name: await common.read_point(client, profile.unit, point)
             for name, point in named.items()
             if point is not None
         }
@@ -368,7 +348,7 @@ async def set_travel_ms(host: str, port: int, profile: BarrierProfile, travel_ms
 
 async def set_fault(host: str, port: int, profile: BarrierProfile, code: int) -> None:
     """Set the controller's fault code (0 clears it); needs fault_code in a holding register."""
-    await write_fault(host, port, profile, code, "barrier controller")
+    await common.write_fault(host, port, profile, code, "barrier controller")
 
 
 async def command(host: str, port: int, profile: BarrierProfile, what: str) -> None:
@@ -391,13 +371,13 @@ async def serve(
     profile_path: str | Path, host: str, ports: list[int], travel_ms: int = DEFAULT_TRAVEL_MS
 ) -> None:
     """Run one simulated barrier per port until cancelled."""
-    await serve_simulators(
+    await common.serve_simulators(
         profile_path, "barrier", ports, lambda profile, port: BarrierSimulator(profile, host, port, travel_ms)
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("barrier", "barriers", __doc__, DEFAULT_PORT)
+    parser = common.make_parser("barrier", "barriers", __doc__, DEFAULT_PORT)
     parser.add_argument(
         "--travel-ms",
         type=int,
@@ -407,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.travel_ms < 1:
         parser.error("--travel-ms must be at least 1")
-    return run(parser, serve(args.profile, args.host, args.port or [DEFAULT_PORT], args.travel_ms))
+    return common.run(parser, serve(args.profile, args.host, args.port or [DEFAULT_PORT], args.travel_ms))
 
 
 if __name__ == "__main__":

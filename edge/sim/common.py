@@ -25,10 +25,19 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from edge.profiles import Point, ProfileError, load_profile
 
 # pymodbus's datastore picks the table from a function code: internal access uses each table's read code.
-_TABLE_CODE = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
-_BIT_TABLES = ("coil", "discrete_input")
-_COIL_WRITES = frozenset({5, 15})  # write single / multiple coils
-_REGISTER_WRITES = frozenset({6, 16, 22, 23})  # write single / multiple, mask write, read-write multiple
+TABLE_CODE = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
+BIT_TABLES = ("coil", "discrete_input")
+COIL_WRITES = frozenset({5, 15})  # write single / multiple coils
+REGISTER_WRITES = frozenset({6, 16, 22, 23})  # write single / multiple, mask write, read-write multiple
+
+
+def simulation_points(profile, kind: str | None = None):
+    """The profile's ``simulation`` section; ProfileError if it has none (or is not of ``kind``)."""
+    if kind is not None and profile.kind != kind:
+        raise ProfileError(f"profile {profile.model!r} is a {profile.kind} profile, not a {kind} one")
+    if profile.simulation is None:
+        raise ProfileError(f"profile {profile.model!r} has no simulation section; the simulator needs one")
+    return profile.simulation
 
 
 class Simulator(Protocol):
@@ -44,10 +53,10 @@ class Simulator(Protocol):
 def build_device(profile, values: Mapping[tuple[str, int], int], action: Callable) -> SimDevice:
     """A ``SimDevice`` with a block for every named point of the profile, holding its value from
     ``values`` by (table, address) (0 where absent), and ``action`` as the request hook."""
-    blocks: dict[str, list[SimData]] = {table: [] for table in _TABLE_CODE}
+    blocks: dict[str, list[SimData]] = {table: [] for table in TABLE_CODE}
     for point in profile.named_points().values():
         value = values.get((point.table, point.address), 0)
-        if point.table in _BIT_TABLES:
+        if point.table in BIT_TABLES:
             blocks[point.table].append(
                 SimData(point.address, count=point.span, values=bool(value), datatype=DataType.BITS)
             )
@@ -59,7 +68,7 @@ def build_device(profile, values: Mapping[tuple[str, int], int], action: Callabl
     # address" everywhere; bit tables cannot be marked invalid, so an unused one reads 0 at 0.
     for table, table_blocks in blocks.items():
         if not table_blocks:
-            if table in _BIT_TABLES:
+            if table in BIT_TABLES:
                 table_blocks.append(SimData(0, values=False, datatype=DataType.BITS))
             else:
                 table_blocks.append(SimData(0, datatype=DataType.INVALID))
@@ -117,7 +126,7 @@ async def read_point(client: AsyncModbusTcpClient, unit: int, point: Point) -> i
     response = await reader(point.address, count=1, device_id=unit)
     if response.isError():
         raise ModbusException(f"reading {point.table} {point.address}: {response}")
-    return int(response.bits[0]) if point.table in _BIT_TABLES else response.registers[0]
+    return int(response.bits[0]) if point.table in BIT_TABLES else response.registers[0]
 
 
 async def write_fault(host: str, port: int, profile, code: int, device: str) -> None:

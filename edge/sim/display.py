@@ -29,16 +29,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import SimDevice
 
 from edge.profiles import DisplayProfile, DisplaySimulationPoints, ProfileError, Uint32Point
-from edge.sim.common import (
-    _COIL_WRITES,
-    build_device,
-    control_client,
-    listen,
-    make_parser,
-    run,
-    serve_simulators,
-    shut_down,
-)
+from edge.sim import common
 
 log = logging.getLogger("edge.sim.display")  # not __name__: that is "__main__" under python -m
 
@@ -64,16 +55,10 @@ class DisplaySimulator:
     """One simulated LED display listening on ``host:port``."""
 
     def __init__(self, profile: DisplayProfile, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-        if profile.kind != "display":
-            raise ProfileError(f"profile {profile.model!r} is a {profile.kind} profile, not a display one")
-        if profile.simulation is None:
-            raise ProfileError(
-                f"profile {profile.model!r} has no simulation section; the simulator needs one"
-            )
+        self._sim: DisplaySimulationPoints = common.simulation_points(profile, "display")
         self.profile = profile
         self.host = host
         self.port = port
-        self._sim: DisplaySimulationPoints = profile.simulation
         self._server: ModbusTcpServer | None = None
         self.shown: dict | None = None  # what the display shows now, None while blank
 
@@ -85,18 +70,18 @@ class DisplaySimulator:
         if self._server is not None:
             raise RuntimeError(f"{self.name} is already running")
         self.shown = None
-        self._server = await listen(self.name, self._build_device(), self.host, self.port)
+        self._server = await common.listen(self.name, self._build_device(), self.host, self.port)
         log.info("%s: listening (unit %d)", self.name, self.profile.unit)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        await shut_down(server)
+        await common.shut_down(server)
         log.info("%s: stopped", self.name)
 
     def _build_device(self) -> SimDevice:
-        return build_device(self.profile, {}, self._on_request)  # blank: every register 0
+        return common.build_device(self.profile, {}, self._on_request)  # blank: every register 0
 
     async def _on_request(
         self,
@@ -108,7 +93,7 @@ class DisplaySimulator:
         values: list[int] | list[bool] | None,
     ) -> None:
         """pymodbus ``SimDevice.action``: a commit latches what the registers hold now."""
-        if values is None or function_code not in _COIL_WRITES:
+        if values is None or function_code not in common.COIL_WRITES:
             return
         offset = self.profile.points.commit.address - address
         if 0 <= offset < len(values):
@@ -143,7 +128,7 @@ class DisplaySimulator:
 
 
 def _client(host: str, port: int, profile: DisplayProfile):
-    return control_client(host, port, profile, "display")
+    return common.control_client(host, port, profile, "display")
 
 
 async def read_state(host: str, port: int, profile: DisplayProfile) -> dict:
@@ -183,13 +168,13 @@ async def read_state(host: str, port: int, profile: DisplayProfile) -> dict:
 
 
 async def serve(profile_path: str | Path, host: str, ports: list[int]) -> None:
-    await serve_simulators(profile_path, "display", ports, lambda profile, port: DisplaySimulator(profile, host, port))
+    await common.serve_simulators(profile_path, "display", ports, lambda profile, port: DisplaySimulator(profile, host, port))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("display", "displays", __doc__, DEFAULT_PORT)
+    parser = common.make_parser("display", "displays", __doc__, DEFAULT_PORT)
     args = parser.parse_args(argv)
-    return run(parser, serve(args.profile, args.host, args.port or [DEFAULT_PORT]))
+    return common.run(parser, serve(args.profile, args.host, args.port or [DEFAULT_PORT]))
 
 
 if __name__ == "__main__":

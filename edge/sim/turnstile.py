@@ -43,21 +43,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import SimDevice
 
 from edge.profiles import DeviceProfile, Point, ProfileError, SimulationPoints
-from edge.sim.common import (
-    _BIT_TABLES,
-    _COIL_WRITES,
-    _REGISTER_WRITES,
-    _TABLE_CODE,
-    build_device,
-    control_client,
-    listen,
-    make_parser,
-    read_point,
-    run,
-    serve_simulators,
-    shut_down,
-    write_fault,
-)
+from edge.sim import common
 
 log = logging.getLogger("edge.sim.turnstile")  # not __name__: that is "__main__" under python -m
 
@@ -69,14 +55,10 @@ class TurnstileSimulator:
     """One simulated turnstile controller listening on ``host:port``."""
 
     def __init__(self, profile: DeviceProfile, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-        if profile.simulation is None:
-            raise ProfileError(
-                f"profile {profile.model!r} has no simulation section; the simulator needs one"
-            )
+        self._sim: SimulationPoints = common.simulation_points(profile)
         self.profile = profile
         self.host = host
         self.port = port
-        self._sim: SimulationPoints = profile.simulation
         self._server: ModbusTcpServer | None = None
         self._unlocked = False
         self._free_exit = False
@@ -108,7 +90,7 @@ class TurnstileSimulator:
             raise RuntimeError(f"{self.name} is already running")
         self._unlocked = False
         self._free_exit = False
-        self._server = await listen(self.name, self._build_device(), self.host, self.port)
+        self._server = await common.listen(self.name, self._build_device(), self.host, self.port)
         log.info("%s: listening (unit %d)", self.name, self.profile.unit)
 
     async def stop(self) -> None:
@@ -117,11 +99,11 @@ class TurnstileSimulator:
         server, self._server = self._server, None
         if server is None:
             return
-        await shut_down(server)
+        await common.shut_down(server)
         log.info("%s: stopped", self.name)
 
     def _build_device(self) -> SimDevice:
-        return build_device(self.profile, self._input_levels(), self._on_request)
+        return common.build_device(self.profile, self._input_levels(), self._on_request)
 
     def _input_levels(self) -> dict[tuple[str, int], bool]:
         """The inputs' current levels, and their triggers reading back the same, by (table, address)."""
@@ -153,7 +135,7 @@ class TurnstileSimulator:
         """
         if values is None:
             return
-        if function_code in _COIL_WRITES:
+        if function_code in common.COIL_WRITES:
             for offset, value in enumerate(values):
                 handler = self._coil_handlers.get(address + offset)
                 if handler is not None:
@@ -161,7 +143,7 @@ class TurnstileSimulator:
             unlock_offset = self.profile.points.unlock.address - address
             if 0 <= unlock_offset < len(values):  # a multi-coil write may also have passed or relocked
                 values[unlock_offset] = self._unlocked
-        elif function_code in _REGISTER_WRITES and self.profile.points.fault_code.table == "holding_register":
+        elif function_code in common.REGISTER_WRITES and self.profile.points.fault_code.table == "holding_register":
             fault_address = self.profile.points.fault_code.address
             if 0 <= fault_address - address < len(values):
                 old, new = registers[fault_address - start_address], values[fault_address - address]
@@ -271,14 +253,14 @@ class TurnstileSimulator:
     async def _read(self, point: Point) -> int:
         assert self._server is not None
         values = await self._server.async_getValues(
-            self.profile.unit, _TABLE_CODE[point.table], point.address, 1
+            self.profile.unit, common.TABLE_CODE[point.table], point.address, 1
         )
         return int(values[0])
 
     async def _write(self, point: Point, value: int | bool) -> None:
         assert self._server is not None
         await self._server.async_setValues(
-            self.profile.unit, _TABLE_CODE[point.table], point.address, [value]
+            self.profile.unit, common.TABLE_CODE[point.table], point.address, [value]
         )
 
 
@@ -287,7 +269,7 @@ class TurnstileSimulator:
 
 
 def _client(host: str, port: int, profile: DeviceProfile):
-    return control_client(host, port, profile, "turnstile")
+    return common.control_client(host, port, profile, "turnstile")
 
 
 async def trigger(host: str, port: int, profile: DeviceProfile, what: str) -> None:
@@ -325,7 +307,7 @@ async def _set_level(host: str, port: int, profile: DeviceProfile, trigger_role:
 
 async def set_fault(host: str, port: int, profile: DeviceProfile, code: int) -> None:
     """Set the controller's fault code (0 clears it); needs fault_code in a holding register."""
-    await write_fault(host, port, profile, code, "turnstile")
+    await common.write_fault(host, port, profile, code, "turnstile")
 
 
 async def read_state(host: str, port: int, profile: DeviceProfile) -> dict:
@@ -346,12 +328,12 @@ async def read_state(host: str, port: int, profile: DeviceProfile) -> dict:
     }
     async with _client(host, port, profile) as client:
         state = {
-            name: await read_point(client, profile.unit, point)
+            name: await common.read_point(client, profile.unit, point)
             for name, point in named.items()
             if point is not None
         }
     for name, point in named.items():
-        if point is not None and point.table in _BIT_TABLES:
+        if point is not None and point.table in common.BIT_TABLES:
             state[name] = bool(state[name])
     return state
 
@@ -362,13 +344,13 @@ async def read_state(host: str, port: int, profile: DeviceProfile) -> dict:
 
 async def serve(profile_path: str | Path, host: str, ports: list[int]) -> None:
     """Run one simulated turnstile per port until cancelled."""
-    await serve_simulators(profile_path, None, ports, lambda profile, port: TurnstileSimulator(profile, host, port))
+    await common.serve_simulators(profile_path, None, ports, lambda profile, port: TurnstileSimulator(profile, host, port))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("turnstile", "turnstiles", __doc__, DEFAULT_PORT)
+    parser = common.make_parser("turnstile", "turnstiles", __doc__, DEFAULT_PORT)
     args = parser.parse_args(argv)
-    return run(parser, serve(args.profile, args.host, args.port or [DEFAULT_PORT]))
+    return common.run(parser, serve(args.profile, args.host, args.port or [DEFAULT_PORT]))
 
 
 if __name__ == "__main__":
