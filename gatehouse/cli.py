@@ -347,14 +347,24 @@ def lpr_read(images):
 @click.option("--plate", default=None, help="What a plate-reading camera sends: the plate it read.")
 @click.option("--confidence", default=0.97, show_default=True)
 @click.option("--frame", type=click.Path(exists=True, dir_okay=False), help="A camera frame for the agent to read.")
+@click.option("--heartbeat", is_flag=True, help="Only say the camera is alive (no read).")
+@click.option("--every", type=float, default=None,
+              help="With --heartbeat: keep saying so every this many seconds (a simulated camera).")
 @click.option("--reader", default="127.0.0.1:7101", show_default=True, help="The agent's reader port.")
-def camera(lane_id, plate, confidence, frame, reader):
-    """A lane camera's read (or frame) at the agent: prints the lane's decision."""
+def camera(lane_id, plate, confidence, frame, heartbeat, every, reader):
+    """A lane camera's read (or frame, or heartbeat) at the agent: prints the lane's answer."""
     import base64
-    if bool(plate) == bool(frame):
-        raise click.UsageError("give --plate or --frame")
-    request = {"lane_id": lane_id, **({"plate": plate, "confidence": confidence} if plate else
-                                      {"frame_b64": base64.b64encode(open(frame, "rb").read()).decode()})}
+    if sum(map(bool, (plate, frame, heartbeat))) != 1:
+        raise click.UsageError("give one of --plate, --frame or --heartbeat")
+    if every is not None:
+        if not heartbeat or every <= 0:
+            raise click.UsageError("--every needs --heartbeat and a positive number of seconds")
+        _camera_alive(lane_id, reader, every)
+    if heartbeat:
+        request = {"lane_id": lane_id, "heartbeat": True}
+    else:
+        request = {"lane_id": lane_id, **({"plate": plate, "confidence": confidence} if plate else
+                                          {"frame_b64": base64.b64encode(open(frame, "rb").read()).decode()})}
     host, port = reader.rsplit(":", 1)
     try:
         with socket.create_connection((host, int(port)), timeout=10) as conn:
@@ -363,6 +373,21 @@ def camera(lane_id, plate, confidence, frame, reader):
     except OSError as exc:
         raise click.ClickException(f"no agent answers at {reader}: {exc}") from None
     _print(json.loads(reply))
+
+
+def _camera_alive(lane_id: str, reader: str, every: float) -> None:
+    """A simulated camera's keep-alive, forever; an agent that is not there yet is waited for."""
+    import time
+    host, port = reader.rsplit(":", 1)
+    line = json.dumps({"lane_id": lane_id, "heartbeat": True}).encode() + b"\n"
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                conn.sendall(line)
+                conn.makefile(encoding="utf-8").readline()
+        except OSError:
+            pass
+        time.sleep(every)
 
 
 @main.command("pay")
