@@ -209,6 +209,36 @@ def test_payments_to_one_account_from_many_connections_at_once_are_all_applied_e
     _ledger_ok(db)
 
 
+def test_one_key_used_for_two_accounts_at_once_is_applied_once_and_the_other_refused(db):
+    """Different accounts take different row locks, so only the unique key stops the second: it
+    fails at its insert, is retried, and is refused as a reuse of the key. Nothing of it is written."""
+    _bill(db)
+    a1, a2 = _acct(db)["account_id"], _acct(db, "1-1-102")["account_id"]
+    barrier = threading.Barrier(2)
+    results, errors = [], []
+
+    def submit(aid):
+        try:
+            barrier.wait(5)
+            results.append(store.pay_once(db, store.pay, aid, "same-key", "card", "50.00"))
+        except store.InvalidInput as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=submit, args=(aid,)) for aid in (a1, a2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 1 and len(errors) == 1 and "already used" in str(errors[0])
+    assert _count(db, tables.payments) == 1 and _count(db, tables.allocations) == 1
+    paid, other = (a1, a2) if results[0]["account_id"] == a1 else (a2, a1)
+    with db.connect() as conn:
+        assert store.account(conn, other)["receivable_fen"] == store.account(conn, other)["balance_fen"] > 0
+        assert conn.execute(select(tables.counters.c.value).where(tables.counters.c.kind == "receipt")).scalar() == 1
+        assert conn.execute(select(func.count()).select_from(tables.journal)
+                            .where(tables.journal.c.kind == "payment")).scalar() == 1
+    _ledger_ok(db)
+
+
 def test_receipt_numbers_past_seven_digits_keep_counting(db):
     aid = _acct(db)["account_id"]
     with db.begin() as conn:
@@ -333,8 +363,10 @@ def test_arrears_aging_per_building_and_dunning_once(db):
         sent = store.run_dunning(conn, "s1", "2026-10-20")["reminders"]
         again = store.run_dunning(conn, "s1", "2026-10-20")["reminders"]
         events = [p for _, t, p in outbox.unpublished(conn, tables.outbox, 1000) if t == "dunning_due"]
-    assert sent == 4 and again == 0 and len(events) == 4
-    assert {e["step"] for e in events} == {3, 2}          # July invoices: step 3 (60 days); September: step 2
+    # one reminder per household (two overdue bills each), at the July invoice's step 3 (60 days)
+    assert sent == 2 and again == 0 and len(events) == 2
+    assert {e["step"] for e in events} == {3} and all(len(e["invoice_numbers"]) == 2 for e in events)
+    assert len({e["account_id"] for e in events}) == 2
     assert set(events[0]) >= {"account_id", "unit_id", "payer", "step", "days_overdue", "outstanding_fen",
                               "currency", "oldest_due_date"}
 

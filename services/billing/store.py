@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, insert, literal, select, text, update
-from sqlalchemy.exc import IntegrityError
+import psycopg
+from psycopg.rows import dict_row
+from sqlalchemy import and_, bindparam, func, insert, literal_column, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gatehouse.bus import event_payload
-from gatehouse.db import UTCDateTime, insert_ignore
+from gatehouse.db import insert_ignore
 from gatehouse.outbox import queue
 from gatehouse.records import InvalidInput, NotFound, now, require
 from services.billing import rules
@@ -297,11 +299,13 @@ ACCOUNT_BALANCES = update(accounts).where(accounts.c.account_id == _B("aid")).va
 PAY_ACCOUNT = (select(accounts.c.site_id, accounts.c.unit_id, accounts.c.payer, accounts.c.currency, sites.c.late_fees)
                .join_from(accounts, sites, accounts.c.site_id == sites.c.site_id)
                .where(accounts.c.account_id == _B("aid")).with_for_update(of=accounts))
-_ONE = select(literal(1).label("one")).subquery("one")
+# (constants inline: the PostgreSQL path sends the SQL text through the driver, see _pg_pipeline)
+_ONE = select(literal_column("1").label("one")).subquery("one")
 _DUP = payments.alias("dup")
 PAY_READ = (select(_DUP.c.payment_id.label("dup_payment_id"), *OPEN_INVOICES.selected_columns)
             .select_from(_ONE.outerjoin(_DUP, _DUP.c.idempotency_key == _B("key"))
-                         .outerjoin(invoices, and_(invoices.c.account_id == _B("aid"), invoices.c.status.in_(OPEN)))))
+                         .outerjoin(invoices, and_(invoices.c.account_id == _B("aid"),
+                                                   invoices.c.status.in_([literal_column(f"'{s}'") for s in OPEN])))))
 # ... and on PostgreSQL every write of the payment in one statement (one round trip): allocations,
 # invoices, journal and balances from arrays, then the receipt number (the counter row is locked
 # by the last step, so payments of one site queue on it for as short a time as possible: numbers
@@ -360,7 +364,9 @@ WITH alloc AS (
     FROM p
 )
 SELECT receipt_seq, receipt_number FROM p
-""").bindparams(bindparam("at", type_=UTCDateTime))
+""")
+_PG_SQL: dict = {}                          # their text for the psycopg driver (see _pg_pipeline)
+COMMIT_WITH_LAST_WRITE = "billing.commit_with_last_write"   # conn.info flag set by pay_once
 
 
 def _queue(conn, site_id, event_type, **fields) -> dict:
@@ -833,29 +839,36 @@ def pay(conn, account_id, idempotency_key, method, amount=None, currency="CNY", 
         raise InvalidInput(f"method must be one of {', '.join(rules.METHODS)}, got {method!r}")
     fen = _rule(rules.parse_amount, amount, amount_fen)
     aid = _account_id(account_id)
+    pg = conn.dialect.name == "postgresql"
     # lock the account row first: two payments of one account are allocated one after the other
-    acct = conn.execute(PAY_ACCOUNT, {"aid": aid}).first()
+    # (on PostgreSQL the lock and the read after it go to the server together, one round trip)
+    if pg:
+        locked, found = _pg_pipeline(conn, [(PAY_ACCOUNT, {"aid": aid}), (PAY_READ, {"key": key, "aid": aid})])
+        acct = locked[0] if locked else None
+    else:
+        acct = conn.execute(PAY_ACCOUNT, {"aid": aid}).mappings().first()
     if acct is None:
         raise NotFound(f"unknown account {account_id!r}")
-    site_id = acct.site_id
-    found = conn.execute(PAY_READ, {"key": key, "aid": aid}).mappings().all()
+    if not pg:
+        found = conn.execute(PAY_READ, {"key": key, "aid": aid}).mappings().all()
+    site_id = acct["site_id"]
     if found[0]["dup_payment_id"] is not None:
         return _existing_payment(conn, key, aid, fen)
-    _rule(rules.check_currency, currency, acct.currency)
+    _rule(rules.check_currency, currency, acct["currency"])
     open_invoices = {r["invoice_id"]: r for r in found if r["invoice_id"] is not None}
-    applied, rest = rules.allocate(fen, _debts(open_invoices), acct.late_fees)
+    applied, rest = rules.allocate(fen, _debts(open_invoices), acct["late_fees"])
     allocated = fen - rest
     at = at or now()
     payment_id = str(uuid.uuid4())
     entries = _entries([(method, receivable(aid), allocated), (method, prepaid(aid), rest)])
     row = dict(payment_id=payment_id, site_id=site_id, idempotency_key=key, account_id=aid, target="account",
                method=method, amount_fen=fen, currency=currency, allocated_fen=allocated, prepaid_fen=rest,
-               payer=payer or acct.payer, operator=operator or "", reference=reference or "", received_at=at)
-    event = dict(payment_id=payment_id, account_id=aid, unit_id=acct.unit_id, payer=row["payer"], amount_fen=fen,
+               payer=payer or acct["payer"], operator=operator or "", reference=reference or "", received_at=at)
+    event = dict(payment_id=payment_id, account_id=aid, unit_id=acct["unit_id"], payer=row["payer"], amount_fen=fen,
                  currency=currency, method=method)
-    if conn.dialect.name == "postgresql":
+    if pg:
         changes = _invoice_changes(applied, open_invoices)
-        written = conn.execute(PG_PAY_WRITE, dict(
+        params = dict(
             payment_id=payment_id, site=site_id, key=key, aid=aid, method=method, amount=fen, currency=currency,
             allocated=allocated, rest=rest, payer=row["payer"], operator=row["operator"],
             reference=row["reference"], at=at, txn=str(uuid.uuid4()),
@@ -865,8 +878,10 @@ def pay(conn, account_id, idempotency_key, method, amount=None, currency="CNY", 
             i_late=[c["late"] for c in changes], i_status=[c["new_status"] for c in changes],
             j_debit=[d for d, _, _ in entries], j_credit=[c for _, c, _ in entries],
             j_amount=[a for _, _, a in entries],
-            payload=json.dumps(event_payload(site_id, **event), default=str, ensure_ascii=False))).one()
-        row.update(receipt_seq=written.receipt_seq, receipt_number=written.receipt_number)
+            payload=json.dumps(event_payload(site_id, **event), default=str, ensure_ascii=False))
+        params["at"] = at.astimezone(UTC).replace(tzinfo=None)     # as UTCDateTime stores it
+        written = _pg_pipeline(conn, [(PG_PAY_WRITE, params)], commit=conn.info.get(COMMIT_WITH_LAST_WRITE, False))
+        row.update(receipt_seq=written[0][0]["receipt_seq"], receipt_number=written[0][0]["receipt_number"])
         return _payment_out(row)
     # SQLite (one writer at a time anyway): the same writes statement by statement
     seq = _next_numbers(conn, site_id, "receipt")
@@ -886,11 +901,50 @@ def pay_once(engine, fn, *args, **kwargs):
     """Run a payment-like store function in its own transaction; if a concurrent twin with the same
     idempotency key committed first (unique violation), answer with the committed result."""
     try:
-        with engine.begin() as conn:
-            return fn(conn, *args, **kwargs)
+        return _own_transaction(engine, fn, *args, **kwargs)
     except IntegrityError:
-        with engine.begin() as conn:
+        return _own_transaction(engine, fn, *args, **kwargs)
+
+
+def _own_transaction(engine, fn, *args, **kwargs):
+    with engine.begin() as conn:
+        # pay() in a transaction of its own may send its last statement and the COMMIT together
+        conn.info[COMMIT_WITH_LAST_WRITE] = fn is pay
+        try:
             return fn(conn, *args, **kwargs)
+        finally:
+            conn.info.pop(COMMIT_WITH_LAST_WRITE, None)
+
+
+def _pg(conn, stmt) -> str:
+    """A prebuilt statement's SQL text for the psycopg driver (every parameter given at run time)."""
+    sql = _PG_SQL.get(stmt)
+    if sql is None:
+        sql = _PG_SQL[stmt] = stmt.compile(dialect=conn.dialect).string
+    return sql
+
+
+def _pg_pipeline(conn, statements, commit=False) -> list[list[dict]]:
+    """Run [(statement, params)] in one round trip (a psycopg pipeline: each statement still runs
+    after the one before it has finished, with its own snapshot) and return each one's rows.
+    With commit=True the COMMIT goes in the same round trip: the server commits as soon as the last
+    statement is done, without waiting for this process to read the answer and send COMMIT (so the
+    receipt counter row is held for the write and the commit only, however busy this process is);
+    only for a transaction that is the caller's own (pay_once). Errors come as SQLAlchemy's."""
+    raw = conn.connection.driver_connection
+    cursors, sql, params = [], None, None
+    try:
+        with raw.pipeline():
+            for stmt, params in statements:
+                sql = _pg(conn, stmt)
+                cur = raw.cursor(row_factory=dict_row)
+                cur.execute(sql, params)
+                cursors.append(cur)
+            if commit:
+                raw.commit()
+        return [cur.fetchall() for cur in cursors]
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, psycopg.Error) from None
 
 
 def reverse_payment(conn, payment_id, reason, operator="staff") -> dict:
@@ -1162,7 +1216,7 @@ def run_dunning(conn, site_id, as_of) -> dict:
     for r in open_rows:
         by_account[r["account_id"]].append(r)
     at = now()
-    sent = 0
+    due: dict[str, tuple[int, int, dict, list[str]]] = {}   # account -> (step, days, its invoice, numbers)
     for r in open_rows:
         days = (as_of - r["due_date"]).days
         reached = rules.dunning_steps_reached(days, step_days)
@@ -1172,17 +1226,23 @@ def run_dunning(conn, site_id, as_of) -> dict:
         new = [s for s in reached if conn.execute(insert_ignore(conn, dunning).values(
             invoice_id=r["invoice_id"], step=s, account_id=r["account_id"], days_overdue=days,
             published=s == reached[-1], at=at).returning(dunning.c.step)).first() is not None]
-        if not new:
+        if not new or new[-1] != reached[-1]:
             continue
-        if new[-1] != reached[-1]:
-            continue
-        mine = by_account[r["account_id"]]
-        queue(conn, outbox, site_id, "dunning_due", account_id=r["account_id"], unit_id=r["unit_id"],
-              payer=r["payer"], step=new[-1], days_overdue=days, outstanding_fen=sum(x["outstanding"] for x in mine),
+        step, _days, _row, numbers = due.get(r["account_id"], (0, 0, r, []))
+        numbers.append(r["number"])
+        if (new[-1], days) > (step, _days):
+            due[r["account_id"]] = (new[-1], days, r, numbers)
+        else:
+            due[r["account_id"]] = (step, _days, _row, numbers)
+    # one reminder per household per run, at the highest step any of its invoices reached,
+    # naming them all: two overdue bills are one letter, not two
+    for account_id, (step, days, r, numbers) in due.items():
+        mine = by_account[account_id]
+        queue(conn, outbox, site_id, "dunning_due", account_id=account_id, unit_id=r["unit_id"],
+              payer=r["payer"], step=step, days_overdue=days, outstanding_fen=sum(x["outstanding"] for x in mine),
               currency=r["currency"], oldest_due_date=min(x["due_date"] for x in mine).isoformat(),
-              invoice_number=r["number"])
-        sent += 1
-    return {"site_id": site_id, "as_of": as_of.isoformat(), "reminders": sent}
+              invoice_number=r["number"], invoice_numbers=sorted(numbers))
+    return {"site_id": site_id, "as_of": as_of.isoformat(), "reminders": len(due)}
 
 
 # -- the ledger check ---------------------------------------------------------------------------
