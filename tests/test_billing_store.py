@@ -239,6 +239,46 @@ def test_one_key_used_for_two_accounts_at_once_is_applied_once_and_the_other_ref
     _ledger_ok(db)
 
 
+def test_a_bank_batch_and_a_counter_payment_on_one_of_its_accounts_do_not_deadlock(db):
+    """A counter payment has locked account 2; a bank batch for accounts 1 and 2 starts. The batch
+    must wait for account 2 before it takes the receipt counter, or the counter payment (next
+    wanting the counter) and the batch (wanting account 2) wait for each other."""
+    if db.dialect.name != "postgresql":
+        pytest.skip("row locks: SQLite runs one writer at a time")
+    from sqlalchemy import text
+    _bill(db)
+    a1, a2 = _acct(db)["account_id"], _acct(db, "1-1-102")["account_id"]
+    items = [dict(account_id=a, idempotency_key=f"stmt-{a}", method="bank", amount="20.00") for a in (a1, a2)]
+    done, errors = [], []
+
+    def batch():
+        try:
+            done.extend(store.pay_batch(db, items))
+        except Exception as exc:   # pragma: no cover - reported below
+            errors.append(exc)
+    with db.connect() as counter:
+        counter.begin()
+        counter.execute(store.ACCOUNT_FOR_UPDATE, {"aid": a2}).one()       # the counter payment's first step
+        worker = threading.Thread(target=batch)
+        worker.start()
+        with db.connect() as probe:
+            for _ in range(500):
+                if probe.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                      "AND wait_event_type = 'Lock'")).scalar():
+                    break
+                probe.rollback()
+                threading.Event().wait(0.01)
+            else:
+                raise AssertionError("the batch never waited for account 2")
+        paid = store.pay(counter, a2, "counter-a2", "cash", "10.00")           # now it takes the receipt counter
+        counter.commit()
+    worker.join(30)
+    assert not errors and len(done) == 2 and not any("error" in r for r in done)
+    assert paid["receipt_number"] == "s1-R0000001"
+    assert sorted(r["receipt_number"] for r in done) == ["s1-R0000002", "s1-R0000003"]
+    _ledger_ok(db)
+
+
 def test_receipt_numbers_past_seven_digits_keep_counting(db):
     aid = _acct(db)["account_id"]
     with db.begin() as conn:

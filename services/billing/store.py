@@ -6,6 +6,7 @@ transaction (see post()); `verify_ledger` proves the cached balances equal the e
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections import defaultdict
@@ -300,6 +301,8 @@ PAY_ACCOUNT = (select(accounts.c.site_id, accounts.c.unit_id, accounts.c.payer, 
                .join_from(accounts, sites, accounts.c.site_id == sites.c.site_id)
                .where(accounts.c.account_id == _B("aid")).with_for_update(of=accounts))
 # (constants inline: the PostgreSQL path sends the SQL text through the driver, see _pg_pipeline)
+LOCK_ACCOUNTS = (select(accounts.c.account_id).where(accounts.c.account_id.in_(_B("aids", expanding=True)))
+                 .order_by(accounts.c.account_id).with_for_update())
 _ONE = select(literal_column("1").label("one")).subquery("one")
 _DUP = payments.alias("dup")
 PAY_READ = (select(_DUP.c.payment_id.label("dup_payment_id"), *OPEN_INVOICES.selected_columns)
@@ -1002,6 +1005,7 @@ def pay_batch(engine, items: list[dict], batch: int = 500) -> list[dict]:
         chunk = items[lo:lo + batch]
         try:
             with engine.begin() as conn:
+                _lock_accounts(conn, chunk)
                 part = []
                 for item in chunk:
                     try:
@@ -1017,6 +1021,21 @@ def pay_batch(engine, items: list[dict], batch: int = 500) -> list[dict]:
                     part.append({"error": str(exc), "idempotency_key": item.get("idempotency_key")})
         results.extend(part)
     return results
+
+
+def _lock_accounts(conn, items) -> None:
+    """PostgreSQL: lock every account a batch will pay, in id order, before its first payment takes
+    the site's receipt counter. Otherwise the batch would hold the counter while it waits for an
+    account that a counter payment has locked and that payment would wait for the counter: a
+    deadlock. Now the batch waits for the account first and takes the counter after."""
+    if conn.dialect.name != "postgresql":
+        return                              # SQLite: the batch is the only writer already
+    aids = set()
+    for item in items:
+        with contextlib.suppress(InvalidInput):
+            aids.add(_account_id(item.get("account_id")))
+    if aids:
+        conn.execute(LOCK_ACCOUNTS, {"aids": sorted(aids)}).all()
 
 
 def payment(conn, payment_id) -> dict:
