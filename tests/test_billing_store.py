@@ -544,10 +544,12 @@ def test_a_bank_statement_batch_applies_each_transfer_once_and_refuses_bad_lines
 
 
 KILLABLE_RUN = """
-import sys
+import sys, time
 from gatehouse.db import engine_for
 from services.billing import store
-store.run_all(engine_for("billing"), int(sys.argv[1]), chunk=50)
+# past the 10th chunk, slow down: the kill must find the run unfinished however fast the machine
+store.run_all(engine_for("billing"), int(sys.argv[1]), chunk=50,
+              after_chunk=lambda n: time.sleep(0.2) if n >= 10 else None)
 """
 
 
