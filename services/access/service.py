@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 import eventlet
 from eventlet.semaphore import Semaphore
@@ -14,8 +14,9 @@ from nameko.events import EventDispatcher, event_handler
 from nameko.rpc import rpc
 from nameko.timer import timer
 
+from gatehouse import nameko_deps
 from gatehouse.bus import event_payload
-from gatehouse.nameko_deps import HEARTBEAT_INTERVAL_S, Database, Heartbeat
+from gatehouse.nameko_deps import Database, Heartbeat
 from services.access import bulk, monitoring, passes, store
 from services.access.store import InvalidInput
 
@@ -28,7 +29,7 @@ _relay_lock = Semaphore()
 _ingest_lock = Semaphore()
 
 
-class AccessService:
+class AccessService(nameko_deps.StoreService):
     name = "access"
 
     db = Database("access")
@@ -280,16 +281,5 @@ class AccessService:
                 with self.db.begin() as conn:
                     store.mark_published(conn, [rev for rev, _ in pending])
 
-    @timer(interval=HEARTBEAT_INTERVAL_S)
-    def heartbeat(self):
-        self.dispatch("heartbeat", {"service": self.name, "at": datetime.now(UTC).isoformat(), **self.heartbeat_info})
-
-    def _read(self, fn, *args):
-        with self.db.connect() as conn:
-            return fn(conn, *args)
-
-    def _write(self, fn, *args):
-        with self.db.begin() as conn:
-            result = fn(conn, *args)
+    def _after_write(self) -> None:
         self.relay_changes()
-        return result

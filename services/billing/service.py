@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 import eventlet
 from eventlet.semaphore import Semaphore
@@ -21,8 +21,8 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 from sqlalchemy import select
 
-from gatehouse import outbox
-from gatehouse.nameko_deps import HEARTBEAT_INTERVAL_S, Database, Heartbeat
+from gatehouse import nameko_deps, outbox
+from gatehouse.nameko_deps import Database, Heartbeat
 from services.billing import documents, online, store, tables
 
 log = logging.getLogger("billing")
@@ -38,7 +38,7 @@ class InvalidSignature(Exception):
     """Raised to RPC callers (the console answers 401)."""
 
 
-class BillingService:
+class BillingService(nameko_deps.StoreService):
     name = "billing"
 
     db = Database("billing")
@@ -310,19 +310,8 @@ class BillingService:
         if not _relay_lock.locked():
             self.relay()
 
-    @timer(interval=HEARTBEAT_INTERVAL_S)
-    def heartbeat(self):
-        self.dispatch("heartbeat", {"service": self.name, "at": datetime.now(UTC).isoformat(), **self.heartbeat_info})
-
-    def _read(self, fn, *args):
-        with self.db.connect() as conn:
-            return fn(conn, *args)
-
-    def _write(self, fn, *args, **kwargs):
-        with self.db.begin() as conn:
-            result = fn(conn, *args, **kwargs)
+    def _after_write(self) -> None:
         self._relay_soon()
-        return result
 
     def _once(self, fn, *args, **kwargs):
         """A write keyed by an idempotency key: a concurrent twin that committed first answers."""

@@ -17,9 +17,9 @@ import eventlet
 from nameko.events import EventDispatcher, event_handler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
-from nameko.timer import timer
 
-from gatehouse.nameko_deps import HEARTBEAT_INTERVAL_S, Database, Heartbeat
+from gatehouse import nameko_deps
+from gatehouse.nameko_deps import Database, Heartbeat
 from services.notify import store
 from services.notify.config import load
 
@@ -39,7 +39,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class NotifyService:
+class NotifyService(nameko_deps.StoreService):
     name = "notify"
 
     db = Database("notify")
@@ -174,14 +174,3 @@ class NotifyService:
         with self.db.begin() as conn:
             return store.take_event(conn, event_type, payload, self.cfg, _now())
 
-    @timer(interval=HEARTBEAT_INTERVAL_S)
-    def heartbeat(self):
-        self.dispatch("heartbeat", {"service": self.name, "at": _now().isoformat(), **self.heartbeat_info})
-
-    def _read(self, fn, *args):
-        with self.db.connect() as conn:
-            return fn(conn, *args)
-
-    def _write(self, fn, *args):
-        with self.db.begin() as conn:
-            return fn(conn, *args)

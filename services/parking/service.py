@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 import eventlet
 from eventlet.semaphore import Semaphore
@@ -23,8 +23,8 @@ from nameko.events import EventDispatcher, event_handler
 from nameko.rpc import rpc
 from nameko.timer import timer
 
-from gatehouse import outbox
-from gatehouse.nameko_deps import HEARTBEAT_INTERVAL_S, Database, Heartbeat
+from gatehouse import nameko_deps, outbox
+from gatehouse.nameko_deps import Database, Heartbeat
 from services.parking import store, tables
 
 log = logging.getLogger("parking")
@@ -67,7 +67,7 @@ def _with_revision(outbox_id: int, event_type: str, payload: dict) -> dict:
     return {**payload, "revision": outbox_id} if event_type == "site_data_changed" else payload
 
 
-class ParkingService:
+class ParkingService(nameko_deps.StoreService):
     name = "parking"
 
     db = Database("parking")
@@ -158,16 +158,5 @@ class ParkingService:
         """Publish committed events that are not on the bus yet (after a crash too)."""
         outbox.relay(self.db, tables.outbox, self.dispatch, _relay_lock, _with_revision)
 
-    @timer(interval=HEARTBEAT_INTERVAL_S)
-    def heartbeat(self):
-        self.dispatch("heartbeat", {"service": self.name, "at": datetime.now(UTC).isoformat(), **self.heartbeat_info})
-
-    def _read(self, fn, *args):
-        with self.db.connect() as conn:
-            return fn(conn, *args)
-
-    def _write(self, fn, *args):
-        with self.db.begin() as conn:
-            result = fn(conn, *args)
+    def _after_write(self) -> None:
         self.relay()
-        return result

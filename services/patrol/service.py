@@ -19,8 +19,8 @@ from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 from nameko.timer import timer
 
-from gatehouse import outbox
-from gatehouse.nameko_deps import HEARTBEAT_INTERVAL_S, Database, Heartbeat
+from gatehouse import nameko_deps, outbox
+from gatehouse.nameko_deps import Database, Heartbeat
 from services.patrol import reports, rules, store, tables
 
 log = logging.getLogger("patrol")
@@ -30,7 +30,7 @@ _relay_lock = Semaphore()
 _close_lock = Semaphore()
 
 
-class PatrolService:
+class PatrolService(nameko_deps.StoreService):
     name = "patrol"
 
     db = Database("patrol")
@@ -171,16 +171,5 @@ class PatrolService:
         """Publish committed events that are not on the bus yet (after a crash too)."""
         outbox.relay(self.db, tables.outbox, self.dispatch, _relay_lock)
 
-    @timer(interval=HEARTBEAT_INTERVAL_S)
-    def heartbeat(self):
-        self.dispatch("heartbeat", {"service": self.name, "at": datetime.now(UTC).isoformat(), **self.heartbeat_info})
-
-    def _read(self, fn, *args):
-        with self.db.connect() as conn:
-            return fn(conn, *args)
-
-    def _write(self, fn, *args):
-        with self.db.begin() as conn:
-            result = fn(conn, *args)
+    def _after_write(self) -> None:
         self.relay()
-        return result
