@@ -391,9 +391,12 @@ def _photometry(img, rng) -> np.ndarray:
 
 
 def render_scene(seed: int, kind: str | None = None, plates: int = 1,
-                 width: int = 1280, height: int = 720) -> Scene:
+                 width: int = 1280, height: int = 720, real_plate: tuple[np.ndarray, str] | None = None) -> Scene:
     """A street-like frame with `plates` cars (0 for a frame without a plate), each plate of
-    `kind` (a random kind when None). The image is BGR uint8, JPEG-compressed once."""
+    `kind` (a random kind when None). The image is BGR uint8, JPEG-compressed once.
+
+    `real_plate` (a photographed plate crop, BGR, and its text) is placed on the one car instead
+    of a rendered plate: a real plate's look (its font, wear, dirt, camera) in a rendered scene."""
     rng = np.random.default_rng([seed, 7919])
     img = _background(rng, width, height)
     truths = []
@@ -407,6 +410,9 @@ def render_scene(seed: int, kind: str | None = None, plates: int = 1,
         bottom = float(rng.uniform(0.85, 1.25) * height)
         plate_c, plate_w = _car(img, rng, cx, bottom, car_w)
         plate_img, colour = render_plate(text, k, rng)
+        if real_plate is not None:
+            plate_img, text = real_plate
+            k, colour = "real", "other"
         aspect = plate_img.shape[1] / plate_img.shape[0]
         quad = _plate_quad(plate_c, plate_w, aspect, rng)
         if quad[:, 0].min() < 2 or quad[:, 1].min() < 2 or quad[:, 0].max() > width - 3 \
