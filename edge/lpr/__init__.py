@@ -6,7 +6,8 @@
 
 Plates are found first by cheap colour and stroke proposals on a 640-wide copy of the frame
 (edge/lpr/finder.py); when those give no confident mainland read, by PP-OCRv4's text detector
-on a 480-wide copy (edge/lpr/detector.py, trained on real photographs). Each candidate is
+on a 480-wide copy (edge/lpr/detector.py, trained on real photographs), and failing that on a
+640-wide copy with its local contrast evened out (night, glare). Each candidate is
 straightened and read by the PP-OCRv4 recognition model, constrained to the plate grammars
 (edge/lpr/text.py); an unsure best read gets three second looks (narrower, wider, more margin).
 Both models ship inside the rapidocr-onnxruntime wheel and run in onnxruntime: nothing is

@@ -27,6 +27,7 @@ THRESHOLD = 0.3             # text probability of a pixel (DBNet's usual binaris
 UNCLIP = 1.6                # a text region grows by area*UNCLIP/perimeter on each side (as DBNet's post-processing)
 ASPECT = (1.5, 9.0)         # of a grown text line that may be a plate
 MAX_PROPOSALS = 8
+_CLAHE = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8))
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 _STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
@@ -46,19 +47,25 @@ class TextDetector:
         self.work_width = work_width
         self._lock = threading.Lock()
 
-    def probability(self, frame: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """The text-probability map of a scaled copy, and the scale back to the frame (x, y)."""
+    def probability(self, frame: np.ndarray, work_width: int | None = None,
+                    enhance: bool = False) -> tuple[np.ndarray, float, float]:
+        """The text-probability map of a scaled copy (its local contrast evened out when
+        `enhance`), and the scale back to the frame (x, y)."""
         H, W = frame.shape[:2]
-        w = min(self.work_width, max(32, W // 32 * 32))
+        w = min(work_width or self.work_width, max(32, W // 32 * 32))
         h = max(32, int(round(H * w / W / 32)) * 32)
         small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        if enhance:
+            lab = cv2.cvtColor(small, cv2.COLOR_BGR2LAB)
+            lab[:, :, 0] = _CLAHE.apply(lab[:, :, 0])
+            small = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
         x = ((small[:, :, ::-1].astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)[None]
         with self._lock:
             prob = self.session.run(None, {self.input: np.ascontiguousarray(x)})[0][0, 0]
         return prob, W / w, H / h
 
-    def proposals(self, frame: np.ndarray) -> list[Candidate]:
-        prob, sx, sy = self.probability(frame)
+    def proposals(self, frame: np.ndarray, work_width: int | None = None, enhance: bool = False) -> list[Candidate]:
+        prob, sx, sy = self.probability(frame, work_width, enhance)
         mask = (prob > THRESHOLD).astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         out = []

@@ -25,6 +25,8 @@ CONFIDENT = 0.8
 CONTINUE_RATIO = 0.97
 # ... or scored at least this (a row of 5-9 character blobs on a plate-coloured blob: another car)
 STRONG = 4.8
+# the detector's second, closer look (a 1280-wide frame at half size)
+SECOND_DETECTOR_WIDTH = 640
 # candidates read from one source (proposals, detector) while nothing was read with confidence
 MAX_READS = 4
 
@@ -140,6 +142,10 @@ class Reader:
             # no mainland plate read with confidence from the cheap proposals (a sign's text can
             # read as a plain plate): ask the text detector
             reads += self._read(frame, self.finder.refined(frame, self._text_detector().proposals(frame)))
+            if not any(r.confidence >= CONFIDENT and r.kind != "plain" for r in reads):
+                # still nothing: a closer look, with the frame's local contrast evened out (night, glare)
+                reads += self._read(frame, self.finder.refined(frame, self._text_detector().proposals(
+                    frame, SECOND_DETECTOR_WIDTH, enhance=True)))
         # mainland plates (the grammar matched) before plain ones, then by confidence
         reads.sort(key=lambda r: (r.kind == "plain", -r.confidence))
         if reads and reads[0].kind != "plain" and reads[0].confidence < CONFIDENT:
