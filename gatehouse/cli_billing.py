@@ -37,6 +37,11 @@ def run(site, period, cycle, again, chunk, draft):
     from gatehouse.cli import _rpc
     with _rpc() as rpc:
         state = rpc.billing.start_run(site, period, cycle, again, not draft)
+        if state["status"] == "done":
+            click.echo(f"{site} {period} is already billed: run {state['run_id']} (attempt {state['attempt']}) made "
+                       f"{state['invoices_created']} invoices, {state['lines_created']} lines; --again runs it again, "
+                       f"adding only what is missing")
+            return
         if state["done"]:
             click.echo(f"resuming run {state['run_id']} at {state['done']} of {state['total']} accounts", err=True)
         with tqdm(total=state["total"], initial=state["done"], unit="acct", file=sys.stderr,

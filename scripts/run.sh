@@ -56,7 +56,7 @@ Try it:
   .venv/bin/gatehouse camera out1 --plate 皖A12345   # a resident leaves: free
   curl -s http://${CONSOLE_ADDRESS:-127.0.0.1:8080}/api/lots/demo-garage/reads   # unsure reads for an operator
   .venv/bin/gatehouse billing arrears --site demo    # who owes what since when (2-1-301 is overdue)
-  .venv/bin/gatehouse billing run --site demo --period $(date +%Y-%m)   # this month's run (a progress bar; run it again: nothing new)
+  .venv/bin/gatehouse billing run --site demo --period $(date +%Y-%m)   # this month's run (a progress bar; again: "already billed", --again adds nothing)
   .venv/bin/gatehouse patrol rounds --site demo      # the night route: one round walked, one missed
   .venv/bin/gatehouse patrol walk demo-night --guard p-wangfang --pin 1357 --offline-after 2   # a handheld; then: gatehouse patrol sync
   .venv/bin/gatehouse notify inbox p-wangfang        # what security heard: the forced door, the missed round
