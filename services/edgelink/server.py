@@ -18,13 +18,13 @@ from concurrent import futures
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gatehouse import logs, settings
 from gatehouse.bus import ConfirmedPublisher, EventConsumer, Undeliverable, event_payload
 from gatehouse.db import engine_for
 from gatehouse.edge.v1 import edge_pb2 as pb
+from gatehouse.grpcparse import Malformed, parser
 from services.edgelink import agents, validate
 from services.edgelink.projection import Projection
 
@@ -45,21 +45,6 @@ def _ts(dt: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(dt)
     return ts
-
-
-class _Malformed:
-    def __init__(self, error: str):
-        self.error = error
-
-
-def _parser(message_cls):
-    """Deserialize, but let the handler answer INVALID_ARGUMENT instead of grpc's INTERNAL."""
-    def parse(data: bytes):
-        try:
-            return message_cls.FromString(data)
-        except (DecodeError, ValueError) as exc:
-            return _Malformed(f"malformed {message_cls.__name__}: {exc}")
-    return parse
 
 
 class CommandHub:
@@ -104,7 +89,7 @@ class EdgeLink:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _agent(self, request, context) -> tuple[str, str]:
-        if isinstance(request, _Malformed):
+        if isinstance(request, Malformed):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
         meta = dict(context.invocation_metadata())
         agent_id, secret = meta.get("x-agent-id", ""), meta.get("x-agent-secret", "")
@@ -211,10 +196,10 @@ class EdgeLink:
         stream = grpc.unary_stream_rpc_method_handler
         ser = lambda m: m.SerializeToString()  # noqa: E731
         return grpc.method_handlers_generic_handler(SERVICE, {
-            "Hello": unary(self.Hello, _parser(pb.HelloRequest), ser),
-            "Sync": stream(self.Sync, _parser(pb.SyncRequest), ser),
-            "ReportEvents": unary(self.ReportEvents, _parser(pb.EventBatch), ser),
-            "Commands": stream(self.Commands, _parser(pb.CommandsRequest), ser),
+            "Hello": unary(self.Hello, parser(pb.HelloRequest), ser),
+            "Sync": stream(self.Sync, parser(pb.SyncRequest), ser),
+            "ReportEvents": unary(self.ReportEvents, parser(pb.EventBatch), ser),
+            "Commands": stream(self.Commands, parser(pb.CommandsRequest), ser),
         })
 
     # -- from the bus -----------------------------------------------------------------------------

@@ -24,11 +24,11 @@ from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gatehouse import logs, settings
 from gatehouse.db import engine_for, is_sqlite
+from gatehouse.grpcparse import Malformed, parser
 from gatehouse.patrol.v1 import patrol_pb2 as pb
 from services.patrol import store
 
@@ -54,20 +54,6 @@ def _ts(dt: datetime) -> Timestamp:
 
 def _dt(ts: Timestamp) -> datetime:
     return ts.ToDatetime(UTC)
-
-
-class _Malformed:
-    def __init__(self, error: str):
-        self.error = error
-
-
-def _parser(message_cls):
-    def parse(data: bytes):
-        try:
-            return message_cls.FromString(data)
-        except (DecodeError, ValueError) as exc:
-            return _Malformed(f"malformed {message_cls.__name__}: {exc}")
-    return parse
 
 
 class Tokens:
@@ -114,7 +100,7 @@ class Handheld:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _check(self, request, context) -> None:
-        if isinstance(request, _Malformed):
+        if isinstance(request, Malformed):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
 
     def _guard(self, request, context) -> dict:
@@ -244,10 +230,10 @@ class Handheld:
         unary = grpc.unary_unary_rpc_method_handler
         ser = lambda m: m.SerializeToString()  # noqa: E731
         return grpc.method_handlers_generic_handler(SERVICE, {
-            "SignIn": unary(self.SignIn, _parser(pb.SignInRequest), ser),
-            "Assignments": unary(self.Assignments, _parser(pb.AssignmentsRequest), ser),
-            "UploadScans": unary(self.UploadScans, _parser(pb.ScanBatch), ser),
-            "ReportIncident": unary(self.ReportIncident, _parser(pb.IncidentReport), ser),
+            "SignIn": unary(self.SignIn, parser(pb.SignInRequest), ser),
+            "Assignments": unary(self.Assignments, parser(pb.AssignmentsRequest), ser),
+            "UploadScans": unary(self.UploadScans, parser(pb.ScanBatch), ser),
+            "ReportIncident": unary(self.ReportIncident, parser(pb.IncidentReport), ser),
         })
 
 
