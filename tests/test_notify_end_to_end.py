@@ -129,3 +129,20 @@ def test_redelivered_events_reach_each_recipient_once_and_dead_letters_are_retri
     finally:
         smtp.stop()
         provider.stop()
+
+
+def test_people_registered_at_access_reach_notify_and_a_move_out_silences_them(stack):
+    stack.start_access()
+    stack.start_notify()
+    with stack.rpc() as rpc:
+        rpc.access.create_site("s9", "Estate nine")
+        rpc.access.add_unit("s9", "3-1-501", "3", "1", "501", "98.00")
+        rpc.access.add_person("s9", "p-ma", "Ma Lin", "resident", "3-1-501", None, "+8613600000003")
+
+        def synced():
+            found = rpc.notify.list_recipients("s9")
+            return found[0] if found and found[0]["active"] else None
+        ma = wait_for(synced, timeout=20, what="the new resident in notify's directory")
+        assert ma["recipient_id"] == "p-ma" and ma["unit_id"] == "3-1-501" and ma["phone"] == "+8613600000003"
+        rpc.access.move_out("p-ma", "op-li")
+        wait_for(lambda: not rpc.notify.recipient("p-ma")["active"], timeout=20, what="the move-out in notify")

@@ -279,3 +279,32 @@ def test_a_provider_delivery_receipt_marks_a_sent_sms_delivered(db):
             store.delivery_report(conn, sms["message_id"], "read", None, T0)
     assert done["status"] == "delivered" and done["delivered_at"] == (T0 + timedelta(seconds=9)).isoformat()
     assert [a["outcome"] for a in done["attempt_log"]] == ["sent", "delivered"]
+
+
+def test_people_registered_at_access_become_recipients_keeping_what_notify_knows(db):
+    people = [
+        {"person_id": "p-liwei", "name": "Li Wei", "kind": "resident", "unit_id": "1-1-101", "role": None,
+         "phone": "+8613900000009", "status": "active"},                # known: email and language stay
+        {"person_id": "p-sun", "name": "Sun Qi", "kind": "resident", "unit_id": "1-1-102", "role": None,
+         "phone": None, "status": "active"},                            # new: an inbox at least
+        {"person_id": "p-guard", "name": "Guard Ma", "kind": "staff", "unit_id": None, "role": "security",
+         "phone": "+8613700000007", "status": "active"},
+    ]
+    for _ in range(2):                          # the same event twice changes nothing more
+        with db.begin() as conn:
+            store.sync_people(conn, "s1", people, T0, CFG)
+    with db.connect() as conn:
+        liwei, sun, guard = (store.recipient(conn, r) for r in ("p-liwei", "p-sun", "p-guard"))
+    assert liwei["name"] == "Li Wei" and liwei["email"] == "liwei@demo.local" and liwei["phone"] == "+8613800000001"
+    assert sun["kind"] == "resident" and sun["unit_id"] == "1-1-102" and sun["language"] == "zh-CN" and sun["active"]
+    assert guard["kind"] == "staff" and "security" in guard["roles"] and guard["phone"] == "+8613700000007"
+    # the new resident hears of an invoice for their unit, in the inbox
+    take(db, "billing.invoice_issued", event(**{**INVOICE, "unit_id": "1-1-102"}))
+    assert [m["channel"] for m in msgs(db, recipient_id="p-sun")] == ["inbox"]
+    # moved out at access: no more messages
+    with db.begin() as conn:
+        store.sync_people(conn, "s1", [{**people[1], "status": "moved_out"}], T0, CFG)
+    take(db, "billing.invoice_issued", event(**{**INVOICE, "invoice_id": "inv-2", "unit_id": "1-1-102"}))
+    assert len(msgs(db, recipient_id="p-sun")) == 1
+    with db.begin() as conn, pytest.raises(store.InvalidInput, match="person_id"):
+        store.sync_people(conn, "s1", [{"name": "nobody"}], T0, CFG)

@@ -77,7 +77,7 @@ def test_bad_input_writes_nothing(access_engine):
             store.issue_card(conn, "ann", "1001", "2026-01-01T00:00:00", None)
     with access_engine.connect() as conn:
         assert [i["card_number"] for i in store.credential_items(conn, "s1")] == ["person:ann"]
-        queued = [i for _, change in store.unpublished_changes(conn) for i in change["items"]]
+        queued = [i for _, change in store.unpublished_changes(conn) for i in change.get("items", ())]
         assert not any(i.get("card_number") == "1001" for i in queued)
 
 
@@ -92,7 +92,11 @@ def test_credential_changes_are_queued_with_the_gates(access_engine):
         store.issue_card(conn, "ann", "1001")
         store.set_person_status(conn, "ann", "suspended")
     with access_engine.connect() as conn:
-        changes = store.unpublished_changes(conn)
+        queued = store.unpublished_changes(conn)
+    changes = [(rev, c) for rev, c in queued if "items" in c]
+    people_events = [c["payload"] for _, c in queued if c.get("event") == "people_changed"]
+    # notify hears of her: registered, then suspended
+    assert [[p["status"] for p in e["people"]] for e in people_events] == [["active"], ["suspended"]]
     last = {i["card_number"]: i for i in changes[-1][1]["items"]}
     assert last["1001"]["group_ids"] == ["g1"] and last["1001"]["status"] == "suspended"
     assert last["person:ann"]["status"] == "suspended"     # her QR codes stop too

@@ -198,6 +198,7 @@ def add_person(conn, site_id: str, person_id: str, name: str, kind: str = "resid
                   unit_id=unit_id or None, role=_check_text(role, "role", 64, required=False),
                   phone=_check_text(phone, "phone", 24, required=False))
     conn.execute(insert(people).values(created_at=_now(), **values))
+    queue_people_changed(conn, site_id, [person_id])
     return values
 
 
@@ -231,6 +232,7 @@ def set_person_status(conn, person_id: str, status: str) -> None:
         raise InvalidInput(f"person {person_id!r} has moved out; register them again to give access")
     conn.execute(update(people).where(people.c.person_id == person_id).values(status=status))
     _record(conn, row["site_id"], credential_items(conn, row["site_id"], person_ids=[person_id]))
+    queue_people_changed(conn, row["site_id"], [person_id])
 
 
 def move_out(conn, person_id: str, actor: str) -> dict:
@@ -244,6 +246,7 @@ def move_out(conn, person_id: str, actor: str) -> dict:
     conn.execute(delete(group_members).where(group_members.c.person_id == person_id))
     audit(conn, row["site_id"], actor, "move_out", person_id, credentials_revoked=revoked)
     _record(conn, row["site_id"], credential_items(conn, row["site_id"], person_ids=[person_id]))
+    queue_people_changed(conn, row["site_id"], [person_id])
     return {"person_id": person_id, "status": rules.MOVED_OUT, "credentials_revoked": revoked}
 
 
@@ -582,6 +585,21 @@ def queue_event(conn, site_id: str, event_type: str, fields: dict) -> None:
     payload = event_payload(site_id, **{k: v for k, v in fields.items() if k != "site_id"})
     conn.execute(insert(credential_outbox).values(site_id=site_id, published=False,
                                                   payload=json.dumps({"event": event_type, "payload": payload})))
+
+
+PEOPLE_EVENT_CHUNK = 500
+
+
+def queue_people_changed(conn, site_id: str, person_ids: list[str]) -> None:
+    """`access.people_changed` for these people (their name, kind, unit, role, phone and status),
+    in chunks, after this transaction commits: notify keeps its recipients from it."""
+    for i in range(0, len(person_ids), PEOPLE_EVENT_CHUNK):
+        rows = conn.execute(select(people.c.person_id, people.c.name, people.c.kind, people.c.unit_id, people.c.role,
+                                   people.c.phone, people.c.status)
+                            .where(people.c.person_id.in_(person_ids[i:i + PEOPLE_EVENT_CHUNK]))
+                            .order_by(people.c.person_id)).mappings().all()
+        if rows:
+            queue_event(conn, site_id, "people_changed", {"people": [dict(r) for r in rows]})
 
 
 def record_snapshot(conn, site_id: str) -> int:

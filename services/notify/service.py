@@ -67,6 +67,15 @@ class NotifyService(nameko_deps.StoreService):
             log.warning("message not deliverable", extra={"event_id": result["event_id"], "error": problem})
         return result
 
+    @event_handler("access", "people_changed", requeue_on_error=True)
+    def on_people_changed(self, payload):
+        """Access's people become recipients (inbox at least); see store.sync_people."""
+        try:
+            with self.db.begin() as conn:
+                store.sync_people(conn, payload["site_id"], payload.get("people") or [], _now(), self.cfg)
+        except store.InvalidInput as exc:
+            log.error("people from access not usable", extra={"event_id": payload.get("event_id"), "error": str(exc)})
+
     @event_handler("access", "visitor_arrived", requeue_on_error=True)
     def on_visitor_arrived(self, payload):
         self._take("access.visitor_arrived", payload)

@@ -120,6 +120,45 @@ def upsert_recipients(conn, items: list[dict], now: datetime, cfg: Config | None
     return {"created": len(new), "updated": len(changed), "warnings": warnings, "replayed": replayed}
 
 
+ACCESS_KINDS = {"resident": "resident", "staff": "staff", "contractor": "user"}
+
+
+def sync_people(conn, site_id: str, people_rows: list[dict], now: datetime, cfg: Config | None = None) -> dict:
+    """People as access registers them (`access.people_changed`): everyone becomes a recipient
+    (in-app inbox at least) without anyone typing them in twice. What access knows replaces name,
+    kind, unit and activity; what notify keeps (email, language, roles, webhook, quiet hours)
+    stays, and a phone number is taken from access only while notify has none. A person who
+    moved out or is suspended stops receiving. Idempotent: the same event twice changes nothing."""
+    ids = [str(p.get("person_id") or "") for p in people_rows]
+    if not ids or not all(ids):
+        raise InvalidInput("people_changed: every person needs a person_id")
+    known = {}
+    for chunk in range(0, len(ids), 500):
+        known |= {r["recipient_id"]: dict(r) for r in conn.execute(
+            select(recipients).where(recipients.c.recipient_id.in_(ids[chunk:chunk + 500]))).mappings()}
+    items = []
+    for p in people_rows:
+        kind = ACCESS_KINDS.get(p.get("kind"), "user")
+        mine = known.get(p["person_id"])
+        item = {"recipient_id": p["person_id"], "site_id": site_id, "name": p.get("name") or p["person_id"],
+                "kind": kind, "unit_id": p.get("unit_id") if kind == "resident" else None,
+                "active": p.get("status") == "active"}
+        if mine:
+            roles = [r for r in (mine["roles"] or "").split(",") if r]
+            item.update(language=mine["language"], timezone=mine["timezone"], email=mine["email"],
+                        phone=mine["phone"] or p.get("phone"), webhook_url=mine["webhook_url"],
+                        webhook_secret=mine["webhook_secret"], quiet_start=mine["quiet_start"],
+                        quiet_end=mine["quiet_end"], roles=roles)
+        else:
+            item.update(phone=p.get("phone"), roles=[p["role"]] if kind == "staff" and p.get("role") else [])
+        if kind == "resident" and not item["unit_id"]:
+            continue                        # access requires a unit; a row without one is not usable here
+        items.append(item)
+    if not items:
+        return {"created": 0, "updated": 0, "warnings": [], "replayed": 0}
+    return upsert_recipients(conn, items, now, cfg)
+
+
 def replay_for_recipients(conn, people: list[dict], now: datetime, cfg: Config) -> int:
     """Events of the last `replay_window_s` that found nobody (an unknown person, a unit without
     residents, a role nobody held) are fanned out again once the directory has someone for them:
