@@ -11,7 +11,6 @@ pymodbus simulator, the agent) on this machine, and measures its baseline in the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -74,8 +73,6 @@ def bench_edge(n: int = 1000) -> dict:
     small site's figures and a raw Modbus write for comparison."""
     import random
 
-    from pymodbus.client import AsyncModbusTcpClient
-
     from bench import access
     from edge.profiles import load_profile
     from tests.stack import PROFILE
@@ -102,19 +99,8 @@ def bench_edge(n: int = 1000) -> dict:
         first, again = stack.present("t1", unused), stack.present("t1", unused)
         assert first["granted"] and again["reason"] == "antipassback", (first, again)
 
-        async def raw_writes():
-            client = AsyncModbusTcpClient("127.0.0.1", port=stack.sim_ports["t1"])
-            await client.connect()
-            latencies = []
-            for _ in range(n):
-                started = time.perf_counter()
-                # the same write the agent makes to unlock, without the agent around it
-                await client.write_coil(profile.points.unlock.address, True, device_id=profile.unit)
-                latencies.append((time.perf_counter() - started) * 1000)
-            client.close()
-            return latencies
-
-        raw = asyncio.run(raw_writes())
+        # the same write the agent makes to unlock, without the agent around it
+        raw = harness.raw_coil_writes(stack.sim_ports["t1"], profile.points.unlock, profile.unit, n)
     return {
         # 100,000 people (200,000 credential rows at the agent: cards and person QR keys)
         "edge.decision_p50_ms": round(statistics.median(online), 3),

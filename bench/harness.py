@@ -161,3 +161,21 @@ def raw_kombu(n: int) -> float:
         thread.join(5)
         assert got == n, f"baseline consumed {got} of {n}"
     return n / elapsed
+
+
+def raw_coil_writes(port: int, point, unit: int, n: int) -> list[float]:
+    """The baseline of a device decision: n bare pymodbus writes of the coil the agent would
+    write (ms each), on one connection, without the agent around them."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    async def run() -> list[float]:
+        client = AsyncModbusTcpClient("127.0.0.1", port=port)
+        await client.connect()
+        latencies = []
+        for _ in range(n):
+            started = time.perf_counter()
+            await client.write_coil(point.address, True, device_id=unit)
+            latencies.append((time.perf_counter() - started) * 1000)
+        client.close()
+        return latencies
+    return asyncio.run(run())

@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from edge.lpr.finder import _iou  # the overlap the reader itself uses
+
 CROPS = Path(os.environ.get("LPR_CROPS", "/work/shared/data/plates/lprnet-test"))
 SCENES = 600
 EMPTY_SCENES = 100
@@ -29,15 +31,6 @@ def _percentile(values, p):
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
-
-
-def _iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter + 1e-6)
 
 
 def _crops(reader) -> dict:

@@ -3,7 +3,6 @@ controller has acknowledged the open command, and a bare Modbus write of the sam
 baseline, in the same run."""
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import statistics
@@ -21,7 +20,6 @@ def percentile(values, p):
 
 
 def bench_parking(n: int = 500, residents: int = 10_000) -> dict:
-    from pymodbus.client import AsyncModbusTcpClient
 
     from edge.profiles import load_profile
     from tests.stack import BARRIER_PROFILE, wait_for
@@ -60,18 +58,8 @@ def bench_parking(n: int = 500, residents: int = 10_000) -> dict:
                     assert reply["opened"], reply
                     inside.append(reply["ms"])
 
-        async def raw_writes():
-            profile = load_profile(BARRIER_PROFILE)
-            client = AsyncModbusTcpClient("127.0.0.1", port=stack.lane_ports["in1"][0])
-            await client.connect()
-            latencies = []
-            for _ in range(n):
-                started = time.perf_counter()
-                await client.write_coil(profile.points.open.address, True, device_id=profile.unit)
-                latencies.append((time.perf_counter() - started) * 1000)
-            client.close()
-            return latencies
-        raw = asyncio.run(raw_writes())
+        profile = load_profile(BARRIER_PROFILE)
+        raw = harness.raw_coil_writes(stack.lane_ports["in1"][0], profile.points.open, profile.unit, n)
     return {
         "parking.lane_decision_p50_ms": round(statistics.median(inside), 3),
         "parking.lane_decision_p99_ms": round(percentile(inside, 99), 3),

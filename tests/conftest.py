@@ -25,6 +25,26 @@ def database(request, tmp_path):
 
 
 @pytest.fixture
+def migrated(database, monkeypatch):
+    """`migrated("parking")`: that service's engine on this test's database (SQLite file or
+    PostgreSQL schema), migrated to head; disposed after the test."""
+    from gatehouse.db import engine_for, migrate
+    for key, value in database.env().items():
+        monkeypatch.setenv(key, value)
+    if not database.url:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+    engines = []
+
+    def open_engine(service: str):
+        migrate(service)
+        engines.append(engine_for(service))
+        return engines[-1]
+    yield open_engine
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.fixture
 def stack(request, tmp_path, database, vhost_uri):
     s = Stack(tmp_path, database, vhost_uri)
     s.migrate()

@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import delete, func, select
 
 from gatehouse import outbox
-from gatehouse.db import engine_for, migrate
 from services.billing import documents, online, store, tables
 from services.billing.fakeprovider import FakeProviderServer
 
@@ -21,13 +20,8 @@ UNITS = [("1-1-101", "1", "1", "89.50", "Li Wei"), ("1-1-102", "1", "1", "120.00
 
 
 @pytest.fixture
-def db(database, monkeypatch):
-    for key, value in database.env().items():
-        monkeypatch.setenv(key, value)
-    if not database.url:
-        monkeypatch.delenv("DATABASE_URL", raising=False)
-    migrate("billing")
-    engine = engine_for("billing")
+def db(migrated):
+    engine = migrated("billing")
     with engine.begin() as conn:
         store.set_site(conn, "s1", "Green Court Estate", late_fee_rate="0.0005", late_fee_grace_days=0,
                        late_fee_cap="0.1", due_days=15, dunning_days=[7, 30, 60])
@@ -41,7 +35,6 @@ def db(database, monkeypatch):
         store.upsert_accounts(conn, "s1", [dict(unit_id=u, building=b, floor=f, area_m2=a, payer=p)
                                            for u, b, f, a, p in UNITS])
     yield engine
-    engine.dispose()
 
 
 def _acct(engine, unit="1-1-101"):

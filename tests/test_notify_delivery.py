@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gatehouse.db import engine_for, migrate
 from services.notify import store
 from services.notify.config import load
 from services.notify.deliver import Deliverer
@@ -28,15 +27,9 @@ class Clock:
 
 
 @pytest.fixture
-def db(database, monkeypatch):
-    for key, value in database.env().items():
-        monkeypatch.setenv(key, value)
-    if not database.url:
-        monkeypatch.delenv("DATABASE_URL", raising=False)
-    migrate("notify")
-    engine = engine_for("notify")
+def db(migrated):
+    engine = migrated("notify")
     yield engine
-    engine.dispose()
 
 
 @pytest.fixture

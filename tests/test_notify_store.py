@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gatehouse.db import engine_for, migrate
 from services.notify import store
 from services.notify.config import load
 
@@ -29,18 +28,12 @@ PEOPLE = [
 
 
 @pytest.fixture
-def db(database, monkeypatch):
-    for key, value in database.env().items():
-        monkeypatch.setenv(key, value)
-    if not database.url:
-        monkeypatch.delenv("DATABASE_URL", raising=False)
-    migrate("notify")
-    engine = engine_for("notify")
+def db(migrated):
+    engine = migrated("notify")
     with engine.begin() as conn:
         result = store.upsert_recipients(conn, PEOPLE, T0)
     assert result["created"] == 4 and result["replayed"] == 0 and result["warnings"] == ["p-anna: malformed email address 'anna@@broken'"]
     yield engine
-    engine.dispose()
 
 
 def event(**fields):

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gatehouse import outbox
-from gatehouse.db import engine_for, migrate
 from services.parking import store, tables
 from services.parking.service import ingest
 
@@ -18,13 +17,8 @@ TARIFF = {"free_minutes": 15, "first_period_minutes": 60, "first_period_fen": 50
 
 
 @pytest.fixture
-def db(database, monkeypatch):
-    for key, value in database.env().items():
-        monkeypatch.setenv(key, value)
-    if not database.url:
-        monkeypatch.delenv("DATABASE_URL", raising=False)
-    migrate("parking")
-    engine = engine_for("parking")
+def db(migrated):
+    engine = migrated("parking")
     with engine.begin() as conn:
         store.set_lot(conn, "s1", "lot1", "Garage", "Asia/Shanghai", 2, TARIFF)
         store.add_lane(conn, "lot1", "in1", "Entry", "entry")
@@ -34,7 +28,6 @@ def db(database, monkeypatch):
         store.register_vehicle(conn, "lot1", "皖B88888", "resident", "1-1-102", fixed_space=True)
         store.register_vehicle(conn, "lot1", "沪C00001", "blacklist", "security")
     yield engine
-    engine.dispose()
 
 
 def _id():

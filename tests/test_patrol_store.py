@@ -14,7 +14,6 @@ from openpyxl import load_workbook
 from sqlalchemy import func, select
 
 from gatehouse import outbox, signing
-from gatehouse.db import engine_for, migrate
 from services.patrol import reports, store, tables
 
 # three checkpoints ~70 m apart, north-east of the estate's gate
@@ -30,19 +29,13 @@ JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
 
 
 @pytest.fixture
-def db(database, monkeypatch):
-    for key, value in database.env().items():
-        monkeypatch.setenv(key, value)
-    if not database.url:
-        monkeypatch.delenv("DATABASE_URL", raising=False)
-    migrate("patrol")
-    engine = engine_for("patrol")
+def db(migrated):
+    engine = migrated("patrol")
     with engine.begin() as conn:
         store.set_guard(conn, "s1", "g1", "Wang Fang", "2468")
         store.set_guard(conn, "s1", "g2", "Zhao Lei", "1357")
         store.set_route(conn, "s1", "r1", "Night route", CPS, ordered=True)
     yield engine
-    engine.dispose()
 
 
 def _now():

@@ -4,22 +4,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gatehouse.db import engine_for, migrate
+from gatehouse.db import engine_for
 from services.access import store
 from services.edgelink.projection import Projection
 
 
 @pytest.fixture
-def access_engine(database, monkeypatch):
-    for key, value in database.env().items():
-        monkeypatch.setenv(key, value)
-    if not database.url:
-        monkeypatch.delenv("DATABASE_URL", raising=False)
-    migrate("access")
-    migrate("edgelink")
-    engine = engine_for("access")
+def access_engine(migrated):
+    migrated("edgelink")
+    engine = migrated("access")
     yield engine
-    engine.dispose()
 
 
 def _batch(events, site="s1"):
