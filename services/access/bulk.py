@@ -81,7 +81,7 @@ def run_import(conn, site_id: str, filename: str, data: bytes, kind: str | None,
         person_ids = [p["person_id"] for p in plan.people]
         for i in range(0, len(person_ids), CHUNK):
             store._record(conn, site_id, store.credential_items(conn, site_id, person_ids=person_ids[i:i + CHUNK]))
-        store.queue_people_changed(conn, site_id, person_ids)
+        store.queue_people_changed(conn, site_id, [{**p, "status": "active"} for p in plan.people])
     store.audit(conn, site_id, actor, "import", filename, units=len(plan.units), people=len(plan.people),
                 rejected_rows=plan.error_count)
     return {**summary, "imported": True, "units_imported": len(plan.units), "people_imported": len(plan.people)}

@@ -198,7 +198,7 @@ def add_person(conn, site_id: str, person_id: str, name: str, kind: str = "resid
                   unit_id=unit_id or None, role=_check_text(role, "role", 64, required=False),
                   phone=_check_text(phone, "phone", 24, required=False))
     conn.execute(insert(people).values(created_at=_now(), **values))
-    queue_people_changed(conn, site_id, [person_id])
+    queue_people_changed(conn, site_id, [values])
     return values
 
 
@@ -232,7 +232,7 @@ def set_person_status(conn, person_id: str, status: str) -> None:
         raise InvalidInput(f"person {person_id!r} has moved out; register them again to give access")
     conn.execute(update(people).where(people.c.person_id == person_id).values(status=status))
     _record(conn, row["site_id"], credential_items(conn, row["site_id"], person_ids=[person_id]))
-    queue_people_changed(conn, row["site_id"], [person_id])
+    queue_people_changed(conn, row["site_id"], [{**row, "status": status}])
 
 
 def move_out(conn, person_id: str, actor: str) -> dict:
@@ -246,7 +246,7 @@ def move_out(conn, person_id: str, actor: str) -> dict:
     conn.execute(delete(group_members).where(group_members.c.person_id == person_id))
     audit(conn, row["site_id"], actor, "move_out", person_id, credentials_revoked=revoked)
     _record(conn, row["site_id"], credential_items(conn, row["site_id"], person_ids=[person_id]))
-    queue_people_changed(conn, row["site_id"], [person_id])
+    queue_people_changed(conn, row["site_id"], [{**row, "status": rules.MOVED_OUT}])
     return {"person_id": person_id, "status": rules.MOVED_OUT, "credentials_revoked": revoked}
 
 
@@ -590,16 +590,15 @@ def queue_event(conn, site_id: str, event_type: str, fields: dict) -> None:
 PEOPLE_EVENT_CHUNK = 500
 
 
-def queue_people_changed(conn, site_id: str, person_ids: list[str]) -> None:
-    """`access.people_changed` for these people (their name, kind, unit, role, phone and status),
-    in chunks, after this transaction commits: notify keeps its recipients from it."""
-    for i in range(0, len(person_ids), PEOPLE_EVENT_CHUNK):
-        rows = conn.execute(select(people.c.person_id, people.c.name, people.c.kind, people.c.unit_id, people.c.role,
-                                   people.c.phone, people.c.status)
-                            .where(people.c.person_id.in_(person_ids[i:i + PEOPLE_EVENT_CHUNK]))
-                            .order_by(people.c.person_id)).mappings().all()
-        if rows:
-            queue_event(conn, site_id, "people_changed", {"people": [dict(r) for r in rows]})
+PERSON_EVENT_FIELDS = ("person_id", "name", "kind", "unit_id", "role", "phone", "status")
+
+
+def queue_people_changed(conn, site_id: str, changed: list[dict]) -> None:
+    """`access.people_changed` for these people (each a person's row, or its values, as it is
+    now), in chunks, after this transaction commits: notify keeps its recipients from it."""
+    rows = [{k: p.get(k) for k in PERSON_EVENT_FIELDS} for p in changed]
+    for i in range(0, len(rows), PEOPLE_EVENT_CHUNK):
+        queue_event(conn, site_id, "people_changed", {"people": rows[i:i + PEOPLE_EVENT_CHUNK]})
 
 
 def record_snapshot(conn, site_id: str) -> int:
